@@ -1,1 +1,48 @@
-//! cielr
+//! # cielr
+//!
+//! Complex image editing via LLM reasoning: foundation models turn an image into a
+//! structured semantic representation (SSR), an LLM reasons over the instruction and the
+//! SSR (asking for a finer SSR when needed) and emits explicit actions, and an editor
+//! executes them inside masks, keeping every pixel outside the edit region.
+//!
+//! This facade re-exports the workspace crates:
+//! - [`core`]: SSR, masks, actions and plans, the stage traits, the reasoning steps and the pipeline;
+//! - [`scene`]: perception (SSR builders);
+//! - [`planner`]: language models;
+//! - [`diffusion`]: editors;
+//! - [`eval`]: metrics and benchmarks.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cielr::core::{CielrPlanner, Scene, ScriptedLanguageModel};
+//! use cielr::core::pipeline::{plan, Refiner};
+//!
+//! let scene = Scene::from_json(r#"{"width": 640, "height": 480, "objects": [
+//!     {"id": 0, "label": "tv", "bbox": [300, 50, 600, 250]},
+//!     {"id": 1, "label": "speaker", "bbox": [40, 60, 110, 220]}]}"#)?;
+//! // Any `LanguageModel` works here: a local Burn model, a served one, or a script.
+//! let model = ScriptedLanguageModel::from_texts([
+//!     r#"{"steps": ["What makes the TV louder? Remove it."]}"#, // split
+//!     "remove",                                                  // classify
+//!     "yes",                                                     // judge: the SSR is enough
+//!     r#"{"targets": [1]}"#,                                     // choose targets
+//! ]);
+//! let planner = CielrPlanner::new(Arc::new(model));
+//! let out = pollster::block_on(plan(
+//!     &planner, Refiner::None, scene, "What makes the TV louder? Remove it.", 2, &|_| {},
+//! ))?;
+//! assert_eq!(out.plan.steps[0].targets, vec![1]);
+//! assert_eq!(out.plan.steps[0].prompt, "remove the speaker");
+//! # Ok::<(), cielr::core::CoreError>(())
+//! ```
+
+pub use cielr_core as core;
+pub use cielr_diffusion as diffusion;
+pub use cielr_eval as eval;
+pub use cielr_planner as planner;
+pub use cielr_scene as scene;
+
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

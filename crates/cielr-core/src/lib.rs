@@ -17,6 +17,7 @@ pub mod backend;
 pub mod error;
 pub mod geometry;
 pub mod imageops;
+pub mod io;
 pub mod llm;
 pub mod mask;
 pub mod pipeline;

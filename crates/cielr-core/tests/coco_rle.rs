@@ -17,13 +17,22 @@ fn cases() -> Vec<Case> {
 }
 
 fn mask_of(c: &Case) -> Mask {
-    Mask::from_fn(c.width, c.height, |x, y| c.rows[y as usize].as_bytes()[x as usize] == b'1').unwrap()
+    Mask::from_fn(c.width, c.height, |x, y| {
+        c.rows[y as usize].as_bytes()[x as usize] == b'1'
+    })
+    .unwrap()
 }
 
 #[test]
 fn encoding_matches_pycocotools() {
     for c in cases() {
-        assert_eq!(mask_of(&c).to_coco_string(), c.counts, "{}x{}", c.height, c.width);
+        assert_eq!(
+            mask_of(&c).to_coco_string(),
+            c.counts,
+            "{}x{}",
+            c.height,
+            c.width
+        );
     }
 }
 

@@ -18,7 +18,10 @@ struct CatalogueBuilder {
 impl CatalogueBuilder {
     fn new(items: &[(&str, [f64; 4])]) -> Self {
         CatalogueBuilder {
-            catalogue: items.iter().map(|(l, b)| (l.to_string(), BBox::from(*b))).collect(),
+            catalogue: items
+                .iter()
+                .map(|(l, b)| (l.to_string(), BBox::from(*b)))
+                .collect(),
             refinements: Mutex::default(),
         }
     }
@@ -64,19 +67,31 @@ impl Editor for PaintEditor {
         op != EditOp::Add
     }
     async fn edit(&self, r: EditRequest<'_>) -> Result<RgbImage> {
-        Ok(RgbImage::from_pixel(r.image.width(), r.image.height(), Rgb([255, 0, 0])))
+        Ok(RgbImage::from_pixel(
+            r.image.width(),
+            r.image.height(),
+            Rgb([255, 0, 0]),
+        ))
     }
 }
 
 fn step(step: &str, answer: &str) -> ScriptedAnswer {
-    ScriptedAnswer::ForStep { step: step.into(), answer: answer.into() }
+    ScriptedAnswer::ForStep {
+        step: step.into(),
+        answer: answer.into(),
+    }
 }
 
 fn image() -> RgbImage {
     RgbImage::from_fn(64, 48, |x, y| Rgb([x as u8, y as u8, 7]))
 }
 
-fn pipeline(builder: Arc<CatalogueBuilder>, script: Vec<ScriptedAnswer>, queries: &[&str], rounds: usize) -> (Pipeline, Arc<ScriptedLanguageModel>) {
+fn pipeline(
+    builder: Arc<CatalogueBuilder>,
+    script: Vec<ScriptedAnswer>,
+    queries: &[&str],
+    rounds: usize,
+) -> (Pipeline, Arc<ScriptedLanguageModel>) {
     let model = Arc::new(ScriptedLanguageModel::new(script));
     let p = Pipeline {
         scene_builder: builder,
@@ -121,22 +136,42 @@ fn enough_information_chooses_in_the_first_round_and_keeps_outside_pixels() {
     ];
     let (p, model) = pipeline(room(), script, &["tv", "sofa"], 2);
     let out = run(&p, "What do people sit on here? Remove it.").unwrap();
-    assert_eq!(out.plan.steps, vec![EditAction { op: EditOp::Remove, targets: vec![1], prompt: "remove the sofa".into() }]);
-    assert_eq!(steps_asked(&model), ["split", "classify", "judge", "choose_targets"]);
+    assert_eq!(
+        out.plan.steps,
+        vec![EditAction {
+            op: EditOp::Remove,
+            targets: vec![1],
+            prompt: "remove the sofa".into()
+        }]
+    );
+    assert_eq!(
+        steps_asked(&model),
+        ["split", "classify", "judge", "choose_targets"]
+    );
     assert_eq!(out.scenes.len(), 1);
     let mask = &out.masks[0];
-    assert_eq!(mask.bbox(), Some(BBox::new(0.0, 24.0, 41.0, 48.0)), "box region dilated by 1 px");
+    assert_eq!(
+        mask.bbox(),
+        Some(BBox::new(0.0, 24.0, 41.0, 48.0)),
+        "box region dilated by 1 px"
+    );
     let original = image();
     for (x, y, px) in out.image.enumerate_pixels() {
         if mask.get(x, y) {
             assert_eq!(px.0, [255, 0, 0]);
         } else {
-            assert_eq!(px, original.get_pixel(x, y), "pixel ({x}, {y}) outside the mask changed");
+            assert_eq!(
+                px,
+                original.get_pixel(x, y),
+                "pixel ({x}, {y}) outside the mask changed"
+            );
         }
     }
     // The split kept the user's words for a single step.
     let classify = &model.requests()[1];
-    assert!(classify.messages[1].content.contains("What do people sit on here?"));
+    assert!(classify.messages[1]
+        .content
+        .contains("What do people sit on here?"));
 }
 
 #[test]
@@ -152,13 +187,35 @@ fn semantic_refinement_rebuilds_the_ssr() {
         step("edit_prompt", r#"{"prompt": " a floor lamp "}"#),
     ];
     let (p, model) = pipeline(builder.clone(), script, &["tv", "sofa"], 2);
-    let out = run(&p, "What device here makes the TV louder? Replace it with a floor lamp").unwrap();
-    assert_eq!(*builder.refinements.lock().unwrap(), vec![vec!["speaker".to_string()]], "known labels are not searched again");
+    let out = run(
+        &p,
+        "What device here makes the TV louder? Replace it with a floor lamp",
+    )
+    .unwrap();
+    assert_eq!(
+        *builder.refinements.lock().unwrap(),
+        vec![vec!["speaker".to_string()]],
+        "known labels are not searched again"
+    );
     assert_eq!(out.scenes.len(), 2);
     assert_eq!(out.scenes[1].objects.len(), 4);
     assert_eq!(out.scene_of_step, vec![1]);
-    assert_eq!(out.plan.steps[0], EditAction { op: EditOp::Replace, targets: vec![2], prompt: "a floor lamp".into() });
-    assert!(out.plan.trace.iter().any(|t| matches!(t, TraceEntry::SceneUpdate { objects_before: 2, objects_after: 4, .. })));
+    assert_eq!(
+        out.plan.steps[0],
+        EditAction {
+            op: EditOp::Replace,
+            targets: vec![2],
+            prompt: "a floor lamp".into()
+        }
+    );
+    assert!(out.plan.trace.iter().any(|t| matches!(
+        t,
+        TraceEntry::SceneUpdate {
+            objects_before: 2,
+            objects_after: 4,
+            ..
+        }
+    )));
     // The last round chooses without judging again.
     assert_eq!(steps_asked(&model)[5..], ["choose_targets", "edit_prompt"]);
     // The refined SSR was shown to the model.
@@ -181,8 +238,15 @@ fn spatial_questions_are_answered_by_typed_operations() {
     let out = run(&p, "Make the speaker on the right blue.").unwrap();
     assert_eq!(out.plan.steps[0].targets, vec![3]);
     let fact = "Among objects 2 (speaker), 3 (speaker), the rightmost is 3 (speaker).";
-    assert!(out.plan.trace.iter().any(|t| matches!(t, TraceEntry::Spatial { result, .. } if result == fact)));
-    assert!(model.requests()[5].messages[1].content.contains(fact), "the fact reaches the next round");
+    assert!(out
+        .plan
+        .trace
+        .iter()
+        .any(|t| matches!(t, TraceEntry::Spatial { result, .. } if result == fact)));
+    assert!(
+        model.requests()[5].messages[1].content.contains(fact),
+        "the fact reaches the next round"
+    );
 }
 
 #[test]
@@ -201,7 +265,10 @@ fn a_single_round_chooses_immediately() {
 #[test]
 fn multi_step_instructions_run_the_loop_per_step() {
     let script = vec![
-        step("split", r#"{"steps": ["Remove the TV.", "Make the sofa green."]}"#),
+        step(
+            "split",
+            r#"{"steps": ["Remove the TV.", "Make the sofa green."]}"#,
+        ),
         step("classify", "remove"),
         step("judge", "yes"),
         step("choose_targets", r#"{"targets": [0]}"#),
@@ -213,7 +280,14 @@ fn multi_step_instructions_run_the_loop_per_step() {
     let (p, _) = pipeline(room(), script, &["tv", "sofa"], 2);
     let out = run(&p, "Remove the TV, then make the sofa green.").unwrap();
     assert_eq!(out.plan.steps.len(), 2);
-    assert_eq!(out.plan.steps[1], EditAction { op: EditOp::Recolor, targets: vec![1], prompt: "green".into() });
+    assert_eq!(
+        out.plan.steps[1],
+        EditAction {
+            op: EditOp::Recolor,
+            targets: vec![1],
+            prompt: "green".into()
+        }
+    );
     assert_eq!(out.masks.len(), 2);
 }
 
@@ -230,7 +304,12 @@ fn bad_answers_are_retried_with_the_reason_then_fail_clearly() {
     let out = run(&p, "Remove the sofa").unwrap();
     assert_eq!(out.plan.steps[0].targets, vec![1]);
     let retry = &model.requests()[4];
-    assert!(retry.messages.last().unwrap().content.contains("id 9 is not in the list"));
+    assert!(retry
+        .messages
+        .last()
+        .unwrap()
+        .content
+        .contains("id 9 is not in the list"));
 
     let script = vec![
         step("split", r#"{"steps": ["x"]}"#),
@@ -239,17 +318,29 @@ fn bad_answers_are_retried_with_the_reason_then_fail_clearly() {
     ];
     let (p, _) = pipeline(room(), script, &["tv"], 2);
     let err = run(&p, "Remove the sofa").unwrap_err().to_string();
-    assert!(err.contains("step classify: no usable answer after 2 tries"), "{err}");
+    assert!(
+        err.contains("step classify: no usable answer after 2 tries"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unsupported_ops_and_empty_scenes_fail_with_a_reason() {
-    let script = vec![step("split", r#"{"steps": ["x"]}"#), step("classify", "add"), step("judge", "yes"), step("choose_targets", r#"{"targets": [0]}"#), step("edit_prompt", r#"{"prompt": "a cat"}"#)];
+    let script = vec![
+        step("split", r#"{"steps": ["x"]}"#),
+        step("classify", "add"),
+        step("judge", "yes"),
+        step("choose_targets", r#"{"targets": [0]}"#),
+        step("edit_prompt", r#"{"prompt": "a cat"}"#),
+    ];
     let (p, _) = pipeline(room(), script, &["sofa"], 2);
     let err = run(&p, "Add a cat on the sofa").unwrap_err().to_string();
     assert!(err.contains("the paint editor cannot add"), "{err}");
 
-    let script = vec![step("split", r#"{"steps": ["x"]}"#), step("classify", "remove")];
+    let script = vec![
+        step("split", r#"{"steps": ["x"]}"#),
+        step("classify", "remove"),
+    ];
     let (p, _) = pipeline(room(), script, &["unicorn"], 1);
     let err = run(&p, "Remove the unicorn").unwrap_err().to_string();
     assert!(err.contains("no objects"), "{err}");
@@ -267,8 +358,18 @@ fn planning_without_an_image_records_the_update_it_could_not_make() {
         step("choose_targets", r#"{"targets": [0]}"#),
     ]);
     let planner = CielrPlanner::new(Arc::new(model));
-    let out = pollster::block_on(plan(&planner, Refiner::None, scene, "remove the speaker", 2, &quiet)).unwrap();
+    let out = pollster::block_on(plan(
+        &planner,
+        Refiner::None,
+        scene,
+        "remove the speaker",
+        2,
+        &quiet,
+    ))
+    .unwrap();
     assert_eq!(out.scenes.len(), 2);
     assert_eq!(out.scenes[1].queries, ["tv", "speaker"]);
-    assert!(out.plan.trace.iter().any(|t| matches!(t, TraceEntry::Note { message } if message.contains("cannot be refined"))));
+    assert!(out.plan.trace.iter().any(
+        |t| matches!(t, TraceEntry::Note { message } if message.contains("cannot be refined"))
+    ));
 }

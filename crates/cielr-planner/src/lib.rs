@@ -1,1 +1,10 @@
-//! placeholder
+//! `cielr-planner`: the language models the reasoning runs on.
+//!
+//! Unfinished (issue 3): modules are being added one by one; see the issue notes.
+
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod gguf;
+pub mod llama;
+pub mod weights;

@@ -1,0 +1,91 @@
+//! The error type of `cielr-planner`.
+
+use std::path::PathBuf;
+
+use cielr_core::CoreError;
+
+/// Everything that can go wrong while loading or running a local language model.
+#[derive(Debug, thiserror::Error)]
+pub enum PlannerError {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A GGUF file is malformed, truncated or uses something this reader does not support.
+    #[error("GGUF file {path}: {message}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// One tensor of a GGUF file cannot be read.
+    #[error("GGUF file {path}, tensor {tensor:?}: {message}")]
+    GgufTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A tokenizer could not be built, loaded or run.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A chat template could not be parsed or rendered.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    /// Constrained decoding failed (for example, no token can continue a valid answer).
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
+    /// A model's weights, configuration or forward pass failed.
+    #[error("model: {0}")]
+    Model(String),
+    /// JSON could not be parsed.
+    #[error("JSON error in {context}: {source}")]
+    Json {
+        /// What was being parsed.
+        context: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl PlannerError {
+    /// Wraps an I/O error with the path involved.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        PlannerError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A GGUF format error for `path`.
+    pub fn gguf(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        PlannerError::Gguf {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<PlannerError> for CoreError {
+    fn from(e: PlannerError) -> Self {
+        match e {
+            PlannerError::Io { path, source } => CoreError::Io { path, source },
+            PlannerError::Json { context, source } => CoreError::Json { context, source },
+            PlannerError::Tokenizer(_)
+            | PlannerError::ChatTemplate(_)
+            | PlannerError::Constraint(_) => CoreError::LanguageModel(e.to_string()),
+            PlannerError::Gguf { .. }
+            | PlannerError::GgufTensor { .. }
+            | PlannerError::Model(_) => CoreError::Model(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,1004 @@
+//! One decoder for the Llama family as HuggingFace transformers defines it: Llama 2/3.x,
+//! SmolLM2, Qwen2/2.5 (bias on q/k/v) and Qwen3 (RMSNorm on q and k per head).
+//!
+//! The layout follows `transformers`' `modeling_llama.py`: token embedding, `n` pre-norm
+//! decoder layers (RMSNorm, grouped-query self-attention with rotary position embedding in the
+//! "rotate half" layout, RMSNorm, SwiGLU MLP), a final RMSNorm and the language-model head,
+//! optionally tied to the embedding. [`LlamaConfig`] reads the checkpoint's own
+//! `config.json`; weights are loaded by [`crate::weights`].
+//!
+//! Inference keeps a key/value cache per layer ([`LlamaCache`]): a whole prompt goes through
+//! one forward pass with a causal mask (prefill), then tokens are fed one at a time.
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Int, Tensor, TensorData};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::PlannerError;
+
+type Result<T, E = PlannerError> = std::result::Result<T, E>;
+
+fn model_err(msg: impl Into<String>) -> PlannerError {
+    PlannerError::Model(msg.into())
+}
+
+/// How the rotary position embedding's frequencies are rescaled for long contexts.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum RopeScaling {
+    /// No rescaling (`rope_type` "default", or no `rope_scaling` entry).
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (`rope_type` "linear").
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
+    /// Llama 3.1's piecewise rescaling (`rope_type` "llama3"): long wavelengths divided by
+    /// `factor`, short ones kept, the band between interpolated smoothly.
+    Llama3 {
+        /// Divisor for the low frequencies.
+        factor: f64,
+        /// Wavelengths longer than `original_max_position_embeddings / low_freq_factor` are
+        /// fully rescaled.
+        low_freq_factor: f64,
+        /// Wavelengths shorter than `original_max_position_embeddings / high_freq_factor` are
+        /// kept.
+        high_freq_factor: f64,
+        /// The context length the model was pre-trained with.
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// The hyper-parameters of a Llama-family decoder, as read from a checkpoint's `config.json`
+/// ([`LlamaConfig::from_json_str`]) or a GGUF file's metadata
+/// ([`crate::weights::llama_config_from_gguf`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// `model_type` from `config.json` ("llama", "qwen2", "qwen3", ...).
+    pub model_type: String,
+    /// Number of tokens in the vocabulary (rows of the embedding).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (grouped-query attention when fewer than the query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one attention head (`hidden_size / num_attention_heads` unless given).
+    pub head_dim: usize,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f64,
+    /// Base of the rotary position embedding's frequencies.
+    pub rope_theta: f64,
+    /// Long-context rescaling of the rotary frequencies.
+    pub rope_scaling: RopeScaling,
+    /// Longest context the model supports; longer inputs are refused.
+    pub max_position_embeddings: usize,
+    /// Whether the language-model head reuses the token embedding.
+    pub tie_word_embeddings: bool,
+    /// Bias on the query, key and value projections (always for Qwen2).
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection (Llama's `attention_bias`).
+    pub o_bias: bool,
+    /// Bias on the three MLP projections (Llama's `mlp_bias`).
+    pub mlp_bias: bool,
+    /// RMSNorm on queries and keys per head before the rotary embedding (Qwen3).
+    pub qk_norm: bool,
+    /// The beginning-of-sequence token, when the config names one.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence tokens named by the config (one or several).
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// `config.json` as written by transformers 4.x and 5.x; only the fields the decoder needs.
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    model_type: Option<String>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default)]
+    rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    rope_scaling: Option<Value>,
+    /// transformers 5 moves `rope_theta` and `rope_scaling` into one `rope_parameters` map.
+    #[serde(default)]
+    rope_parameters: Option<Value>,
+    #[serde(default)]
+    max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    hidden_act: Option<String>,
+    #[serde(default)]
+    use_sliding_window: Option<bool>,
+    #[serde(default)]
+    layer_types: Option<Vec<String>>,
+    #[serde(default)]
+    bos_token_id: Option<Value>,
+    #[serde(default)]
+    eos_token_id: Option<Value>,
+}
+
+fn token_ids(v: &Option<Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| x as u32).into_iter().collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl RopeScaling {
+    /// Reads a `rope_scaling` / `rope_parameters` map (`rope_type` or `type`, `factor`, ...).
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let Some(obj) = v.as_object() else {
+            return if v.is_null() {
+                Ok(RopeScaling::None)
+            } else {
+                Err(model_err(format!(
+                    "rope_scaling must be an object, found {v}"
+                )))
+            };
+        };
+        let kind = obj
+            .get("rope_type")
+            .or_else(|| obj.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let num = |key: &str| -> Result<f64> {
+            obj.get(key).and_then(Value::as_f64).ok_or_else(|| {
+                model_err(format!(
+                    "rope_scaling of type {kind:?} lacks the number {key:?}"
+                ))
+            })
+        };
+        match kind {
+            "default" => Ok(RopeScaling::None),
+            "linear" => Ok(RopeScaling::Linear {
+                factor: num("factor")?,
+            }),
+            "llama3" => Ok(RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
+            }),
+            other => Err(model_err(format!(
+                "rope scaling type {other:?} is not supported (only default, linear and llama3)"
+            ))),
+        }
+    }
+}
+
+impl LlamaConfig {
+    /// Parses a checkpoint's `config.json` text (transformers 4.x or 5.x layout).
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|source| PlannerError::Json {
+            context: "config.json".into(),
+            source,
+        })?;
+        let model_type = raw.model_type.unwrap_or_else(|| "llama".into());
+        if !matches!(model_type.as_str(), "llama" | "qwen2" | "qwen3") {
+            return Err(model_err(format!(
+                "model_type {model_type:?} is not a supported Llama-family decoder \
+                 (llama, qwen2, qwen3)"
+            )));
+        }
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" {
+                return Err(model_err(format!(
+                    "hidden_act {act:?} is not supported (only silu)"
+                )));
+            }
+        }
+        if raw.use_sliding_window == Some(true)
+            || raw
+                .layer_types
+                .iter()
+                .flatten()
+                .any(|t| t != "full_attention")
+        {
+            return Err(model_err(
+                "sliding-window attention (use_sliding_window: true) is not supported",
+            ));
+        }
+        let need = |v: Option<usize>, key: &str| {
+            v.ok_or_else(|| model_err(format!("config.json lacks {key:?}")))
+        };
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        if num_attention_heads == 0 {
+            return Err(model_err("num_attention_heads is 0"));
+        }
+        let params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(10_000.0);
+        let rope_scaling = match (&raw.rope_scaling, params) {
+            (Some(v), _) if !v.is_null() => RopeScaling::from_json(v)?,
+            (_, Some(p)) => RopeScaling::from_json(p)?,
+            _ => RopeScaling::None,
+        };
+        let qwen2 = model_type == "qwen2";
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let config = LlamaConfig {
+            vocab_size: need(raw.vocab_size, "vocab_size")?,
+            hidden_size,
+            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads: raw.num_key_value_heads.unwrap_or(num_attention_heads),
+            head_dim: raw.head_dim.unwrap_or(hidden_size / num_attention_heads),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: qwen2 || attention_bias,
+            o_bias: !qwen2 && attention_bias,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            qk_norm: model_type == "qwen3",
+            bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
+            eos_token_ids: token_ids(&raw.eos_token_id),
+            model_type,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a `config.json` file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| PlannerError::io(path, e))?;
+        Self::from_json_str(&text).map_err(|e| match e {
+            PlannerError::Json { source, .. } => PlannerError::Json {
+                context: path.display().to_string(),
+                source,
+            },
+            PlannerError::Model(m) => model_err(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+
+    /// Checks that the sizes are consistent (non-zero, heads divisible into groups, even
+    /// head width for the rotary embedding, positive epsilon and base).
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(model_err(format!("{name} must be positive")));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(model_err(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            )));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(model_err(format!(
+                "head_dim ({}) must be even for the rotary embedding",
+                self.head_dim
+            )));
+        }
+        if !(self.rms_norm_eps > 0.0) {
+            return Err(model_err("rms_norm_eps must be positive"));
+        }
+        if !(self.rope_theta > 0.0) {
+            return Err(model_err("rope_theta must be positive"));
+        }
+        match self.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } if factor > 0.0 => {}
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } if factor > 0.0
+                && low_freq_factor > 0.0
+                && high_freq_factor > low_freq_factor
+                && original_max_position_embeddings > 0 => {}
+            s => return Err(model_err(format!("invalid rope scaling {s:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Number of query heads sharing one key/value head.
+    pub fn kv_groups(&self) -> usize {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+
+    /// Number of parameters of the model these hyper-parameters describe.
+    pub fn num_parameters(&self) -> usize {
+        let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let q = self.num_attention_heads * hd;
+        let kv = self.num_key_value_heads * hd;
+        let attn = h * q
+            + 2 * h * kv
+            + q * h
+            + if self.qkv_bias { q + 2 * kv } else { 0 }
+            + if self.o_bias { h } else { 0 }
+            + if self.qk_norm { 2 * hd } else { 0 };
+        let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
+        let layer = attn + mlp + 2 * h;
+        let head = if self.tie_word_embeddings {
+            0
+        } else {
+            self.vocab_size * h
+        };
+        self.vocab_size * h + self.num_hidden_layers * layer + h + head
+    }
+
+    /// A model with these hyper-parameters and random weights (Burn's default initialisers;
+    /// RMSNorm weights are ones). For tests and benchmarks; real weights come from
+    /// [`crate::weights`].
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Llama<B>> {
+        self.validate()?;
+        let (h, hd) = (self.hidden_size, self.head_dim);
+        let linear = |i: usize, o: usize, bias: bool| {
+            LinearConfig::new(i, o).with_bias(bias).init::<B>(device)
+        };
+        let norm = |d: usize| {
+            RmsNormConfig::new(d)
+                .with_epsilon(self.rms_norm_eps)
+                .init::<B>(device)
+        };
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| LlamaDecoderLayer {
+                input_layernorm: norm(h),
+                self_attn: LlamaAttention {
+                    q_proj: linear(h, self.num_attention_heads * hd, self.qkv_bias),
+                    k_proj: linear(h, self.num_key_value_heads * hd, self.qkv_bias),
+                    v_proj: linear(h, self.num_key_value_heads * hd, self.qkv_bias),
+                    o_proj: linear(self.num_attention_heads * hd, h, self.o_bias),
+                    q_norm: self.qk_norm.then(|| norm(hd)),
+                    k_norm: self.qk_norm.then(|| norm(hd)),
+                    num_heads: self.num_attention_heads,
+                    num_kv_heads: self.num_key_value_heads,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(h),
+                mlp: LlamaMlp {
+                    gate_proj: linear(h, self.intermediate_size, self.mlp_bias),
+                    up_proj: linear(h, self.intermediate_size, self.mlp_bias),
+                    down_proj: linear(self.intermediate_size, h, self.mlp_bias),
+                },
+            })
+            .collect();
+        let model = LlamaModel {
+            embed_tokens: EmbeddingConfig::new(self.vocab_size, h).init(device),
+            layers,
+            norm: norm(h),
+            lm_head: (!self.tie_word_embeddings).then(|| linear(h, self.vocab_size, false)),
+        };
+        Llama::from_parts(self.clone(), model, device)
+    }
+}
+
+/// The rotary position embedding's inverse frequencies, one per pair of head channels, in
+/// single precision as transformers computes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotaryEmbedding {
+    inv_freq: Vec<f32>,
+}
+
+impl RotaryEmbedding {
+    /// The frequencies for a configuration: `theta^(-2i/head_dim)`, rescaled as
+    /// `rope_scaling` says.
+    pub fn new(config: &LlamaConfig) -> Self {
+        let dim = config.head_dim;
+        let base = config.rope_theta;
+        let mut inv_freq: Vec<f32> = (0..dim / 2)
+            .map(|i| (1.0 / base.powf((2 * i) as f64 / dim as f64)) as f32)
+            .collect();
+        match config.rope_scaling {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                for f in &mut inv_freq {
+                    *f = (*f as f64 / factor) as f32;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let old = original_max_position_embeddings as f64;
+                let low_freq_wavelen = old / low_freq_factor;
+                let high_freq_wavelen = old / high_freq_factor;
+                for f in &mut inv_freq {
+                    let freq = *f as f64;
+                    let wavelen = 2.0 * std::f64::consts::PI / freq;
+                    *f = if wavelen < high_freq_wavelen {
+                        freq
+                    } else if wavelen > low_freq_wavelen {
+                        freq / factor
+                    } else {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        (1.0 - smooth) * freq / factor + smooth * freq
+                    } as f32;
+                }
+            }
+        }
+        RotaryEmbedding { inv_freq }
+    }
+
+    /// Divides each frequency by a factor (llama.cpp stores Llama 3's rescaling as such
+    /// per-frequency factors, the `rope_freqs` tensor).
+    pub fn with_freq_factors(mut self, factors: &[f32]) -> Result<Self> {
+        if factors.len() != self.inv_freq.len() {
+            return Err(model_err(format!(
+                "{} rope frequency factors given for {} frequencies",
+                factors.len(),
+                self.inv_freq.len()
+            )));
+        }
+        for (f, d) in self.inv_freq.iter_mut().zip(factors) {
+            *f /= *d;
+        }
+        Ok(self)
+    }
+
+    /// The inverse frequencies.
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
+    /// Cosines and sines for positions `start..start + len`, each `[len, head_dim / 2]`.
+    fn cos_sin<B: Backend>(
+        &self,
+        start: usize,
+        len: usize,
+        device: &B::Device,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in start..start + len {
+            for &f in &self.inv_freq {
+                // The angle in single precision, as transformers forms it.
+                let angle = (p as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        (
+            Tensor::from_data(TensorData::new(cos, [len, half]), device),
+            Tensor::from_data(TensorData::new(sin, [len, half]), device),
+        )
+    }
+}
+
+/// Applies the rotary embedding in the "rotate half" layout: channel `j` of the first half
+/// pairs with channel `j` of the second. `x` is `[batch, heads, seq, head_dim]`, `cos`/`sin`
+/// are `[seq, head_dim / 2]`.
+fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let x1 = x.clone().narrow(3, 0, half);
+    let x2 = x.narrow(3, half, half);
+    let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let r2 = x2 * cos.clone() + x1 * sin.clone();
+    Tensor::cat(vec![r1, r2], 3)
+}
+
+/// Self-attention with grouped-query heads, rotary embedding and an optional per-head
+/// RMSNorm on queries and keys.
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    /// Query projection.
+    pub q_proj: Linear<B>,
+    /// Key projection.
+    pub k_proj: Linear<B>,
+    /// Value projection.
+    pub v_proj: Linear<B>,
+    /// Output projection.
+    pub o_proj: Linear<B>,
+    /// Per-head RMSNorm of the queries (Qwen3).
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Per-head RMSNorm of the keys (Qwen3).
+    pub k_norm: Option<RmsNorm<B>>,
+    /// Number of query heads.
+    pub num_heads: usize,
+    /// Number of key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl<B: Backend> LlamaAttention<B> {
+    /// `x` is `[batch, seq, hidden]`; `cos`/`sin` are `[1, 1, seq, head_dim / 2]` for the
+    /// new positions; the new keys and values are appended to `cache`.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
+        let mut q = heads(self.q_proj.forward(x.clone()), nh);
+        let mut k = heads(self.k_proj.forward(x.clone()), nkv);
+        let v = heads(self.v_proj.forward(x), nkv);
+        if let Some(n) = &self.q_norm {
+            q = n.forward(q);
+        }
+        if let Some(n) = &self.k_norm {
+            k = n.forward(k);
+        }
+        let q = apply_rope(q, cos, sin);
+        let k = apply_rope(k, cos, sin);
+        let (k, v) = match cache.take() {
+            Some((ck, cv)) => (Tensor::cat(vec![ck, k], 2), Tensor::cat(vec![cv, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let t = k.dims()[2];
+        let groups = nh / nkv;
+        let out = if s == 1 {
+            // One new query per head sees every cached position: group the query heads that
+            // share a key/value head instead of repeating the cache.
+            let q = q.reshape([b, nkv, groups, hd]);
+            attention(q, k, v, None, None, AttentionModuleOptions::default())
+                .reshape([b, nh, 1, hd])
+        } else {
+            let repeat = |t4: Tensor<B, 4>| {
+                if groups == 1 {
+                    t4
+                } else {
+                    t4.unsqueeze_dim::<5>(2)
+                        .expand([b, nkv, groups, t, hd])
+                        .reshape([b, nh, t, hd])
+                }
+            };
+            let options = AttentionModuleOptions {
+                is_causal: true,
+                ..Default::default()
+            };
+            attention(q, repeat(k), repeat(v), None, None, options)
+        };
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]))
+    }
+}
+
+/// The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct LlamaMlp<B: Backend> {
+    /// Gate projection.
+    pub gate_proj: Linear<B>,
+    /// Up projection.
+    pub up_proj: Linear<B>,
+    /// Down projection.
+    pub down_proj: Linear<B>,
+}
+
+impl<B: Backend> LlamaMlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer<B: Backend> {
+    /// RMSNorm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Self-attention.
+    pub self_attn: LlamaAttention<B>,
+    /// RMSNorm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+    /// Feed-forward block.
+    pub mlp: LlamaMlp<B>,
+}
+
+/// The decoder's parameters: embedding, layers, final norm and (when not tied) the head.
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    /// Token embedding, `[vocab, hidden]`.
+    pub embed_tokens: Embedding<B>,
+    /// The decoder layers.
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    /// Final RMSNorm.
+    pub norm: RmsNorm<B>,
+    /// Language-model head; `None` when tied to the embedding.
+    pub lm_head: Option<Linear<B>>,
+}
+
+/// The key/value cache of one sequence batch: per layer, keys and values of every position
+/// seen so far, `[batch, kv_heads, positions, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct LlamaCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+    batch: usize,
+}
+
+impl<B: Backend> LlamaCache<B> {
+    /// An empty cache for a model with `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        LlamaCache {
+            layers: vec![None; num_layers],
+            len: 0,
+            batch: 0,
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every cached position.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+        self.batch = 0;
+    }
+}
+
+/// A Llama-family decoder ready for inference: parameters, configuration and rotary
+/// frequencies.
+#[derive(Debug)]
+pub struct Llama<B: Backend> {
+    model: LlamaModel<B>,
+    config: LlamaConfig,
+    rope: RotaryEmbedding,
+    device: B::Device,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Assembles a model from its parameters; checks that their shapes match `config`.
+    pub fn from_parts(
+        config: LlamaConfig,
+        model: LlamaModel<B>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let rope = RotaryEmbedding::new(&config);
+        Self::from_parts_with_rope(config, model, rope, device)
+    }
+
+    /// As [`Llama::from_parts`], with explicit rotary frequencies.
+    pub fn from_parts_with_rope(
+        config: LlamaConfig,
+        model: LlamaModel<B>,
+        rope: RotaryEmbedding,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        check_shapes(&config, &model)?;
+        if rope.inv_freq.len() != config.head_dim / 2 {
+            return Err(model_err("rotary frequencies do not match head_dim"));
+        }
+        Ok(Llama {
+            model,
+            config,
+            rope,
+            device: device.clone(),
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The parameters.
+    pub fn model(&self) -> &LlamaModel<B> {
+        &self.model
+    }
+
+    /// The rotary frequencies.
+    pub fn rope(&self) -> &RotaryEmbedding {
+        &self.rope
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// An empty key/value cache for this model.
+    pub fn new_cache(&self) -> LlamaCache<B> {
+        LlamaCache::new(self.config.num_hidden_layers)
+    }
+
+    /// Runs `tokens` (`[batch, seq]`) through the decoder after what `cache` holds, appends
+    /// their keys and values to it and returns the final hidden states `[batch, seq, hidden]`
+    /// (after the last RMSNorm).
+    pub fn forward_hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut LlamaCache<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, s] = tokens.dims();
+        if s == 0 || b == 0 {
+            return Err(model_err("forward needs at least one token"));
+        }
+        if cache.layers.len() != self.model.layers.len() {
+            return Err(model_err(format!(
+                "the cache has {} layers, the model {}",
+                cache.layers.len(),
+                self.model.layers.len()
+            )));
+        }
+        if !cache.is_empty() && cache.batch != b {
+            return Err(model_err(format!(
+                "the cache holds a batch of {}, the input has {b}",
+                cache.batch
+            )));
+        }
+        let start = cache.len;
+        if start + s > self.config.max_position_embeddings {
+            return Err(model_err(format!(
+                "{} positions exceed the model's context of {} (max_position_embeddings)",
+                start + s,
+                self.config.max_position_embeddings
+            )));
+        }
+        let (cos, sin) = self.rope.cos_sin::<B>(start, s, &self.device);
+        let cos: Tensor<B, 4> = cos.unsqueeze();
+        let sin: Tensor<B, 4> = sin.unsqueeze();
+        let mut x = self.model.embed_tokens.forward(tokens);
+        for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+            let h =
+                layer
+                    .self_attn
+                    .forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, kv);
+            x = x + h;
+            let h = layer
+                .mlp
+                .forward(layer.post_attention_layernorm.forward(x.clone()));
+            x = x + h;
+        }
+        cache.len = start + s;
+        cache.batch = b;
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// The language-model head: hidden states `[n, hidden]` to logits `[n, vocab]`.
+    pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.model.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.model.embed_tokens.weight.val().transpose()),
+        }
+    }
+
+    /// Logits for every position of `tokens` (`[batch, seq]`), `[batch, seq, vocab]`.
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut LlamaCache<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let h = self.forward_hidden(tokens, cache)?;
+        let [b, s, d] = h.dims();
+        Ok(self
+            .logits(h.reshape([b * s, d]))
+            .reshape([b, s, self.config.vocab_size]))
+    }
+
+    /// Converts token ids to a `[1, seq]` tensor, refusing ids outside the vocabulary.
+    pub fn token_tensor(&self, tokens: &[u32]) -> Result<Tensor<B, 2, Int>> {
+        if tokens.is_empty() {
+            return Err(model_err("forward needs at least one token"));
+        }
+        if let Some(&t) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(model_err(format!(
+                "token id {t} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        Ok(Tensor::from_data(
+            TensorData::new(ids, [1, tokens.len()]),
+            &self.device,
+        ))
+    }
+
+    /// Logits for every position of one sequence, `[seq, vocab]`.
+    pub fn forward_tokens(
+        &self,
+        tokens: &[u32],
+        cache: &mut LlamaCache<B>,
+    ) -> Result<Tensor<B, 2>> {
+        let logits = self.forward(self.token_tensor(tokens)?, cache)?;
+        let [_, s, v] = logits.dims();
+        Ok(logits.reshape([s, v]))
+    }
+
+    /// Logits of the position after `tokens` only (the head runs on the last position), as
+    /// a vector of `vocab_size` numbers. Feeding a prompt this way is the prefill; feeding one
+    /// token at a time continues from the cache.
+    pub fn next_token_logits(&self, tokens: &[u32], cache: &mut LlamaCache<B>) -> Result<Vec<f32>> {
+        let h = self.forward_hidden(self.token_tensor(tokens)?, cache)?;
+        let [_, s, d] = h.dims();
+        let last = h.narrow(1, s - 1, 1).reshape([1, d]);
+        self.logits(last)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| model_err(format!("reading logits: {e:?}")))
+    }
+}
+
+/// Checks every parameter's shape against the configuration.
+fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
+    let (h, hd) = (c.hidden_size, c.head_dim);
+    let q = c.num_attention_heads * hd;
+    let kv = c.num_key_value_heads * hd;
+    let expect = |name: String, got: Vec<usize>, want: Vec<usize>| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(model_err(format!(
+                "parameter {name} has shape {got:?}, expected {want:?}"
+            )))
+        }
+    };
+    let lin = |name: String, l: &Linear<B>, i: usize, o: usize, bias: bool| -> Result<()> {
+        expect(
+            format!("{name}.weight"),
+            l.weight.dims().to_vec(),
+            vec![i, o],
+        )?;
+        match (&l.bias, bias) {
+            (Some(b), true) => expect(format!("{name}.bias"), b.dims().to_vec(), vec![o]),
+            (None, false) => Ok(()),
+            (Some(_), false) => Err(model_err(format!("{name} has a bias the config excludes"))),
+            (None, true) => Err(model_err(format!(
+                "{name} lacks the bias the config requires"
+            ))),
+        }
+    };
+    let norm = |name: String, n: &RmsNorm<B>, d: usize| {
+        expect(format!("{name}.weight"), n.gamma.dims().to_vec(), vec![d])
+    };
+    expect(
+        "embed_tokens.weight".into(),
+        m.embed_tokens.weight.dims().to_vec(),
+        vec![c.vocab_size, h],
+    )?;
+    if m.layers.len() != c.num_hidden_layers {
+        return Err(model_err(format!(
+            "{} layers, the config says {}",
+            m.layers.len(),
+            c.num_hidden_layers
+        )));
+    }
+    for (i, l) in m.layers.iter().enumerate() {
+        let p = format!("layers.{i}");
+        norm(format!("{p}.input_layernorm"), &l.input_layernorm, h)?;
+        norm(
+            format!("{p}.post_attention_layernorm"),
+            &l.post_attention_layernorm,
+            h,
+        )?;
+        let a = &l.self_attn;
+        if (a.num_heads, a.num_kv_heads, a.head_dim)
+            != (c.num_attention_heads, c.num_key_value_heads, hd)
+        {
+            return Err(model_err(format!(
+                "{p}.self_attn has other head counts than the config"
+            )));
+        }
+        lin(format!("{p}.self_attn.q_proj"), &a.q_proj, h, q, c.qkv_bias)?;
+        lin(
+            format!("{p}.self_attn.k_proj"),
+            &a.k_proj,
+            h,
+            kv,
+            c.qkv_bias,
+        )?;
+        lin(
+            format!("{p}.self_attn.v_proj"),
+            &a.v_proj,
+            h,
+            kv,
+            c.qkv_bias,
+        )?;
+        lin(format!("{p}.self_attn.o_proj"), &a.o_proj, q, h, c.o_bias)?;
+        match (&a.q_norm, &a.k_norm, c.qk_norm) {
+            (Some(qn), Some(kn), true) => {
+                norm(format!("{p}.self_attn.q_norm"), qn, hd)?;
+                norm(format!("{p}.self_attn.k_norm"), kn, hd)?;
+            }
+            (None, None, false) => {}
+            _ => {
+                return Err(model_err(format!(
+                    "{p}.self_attn: q/k norms do not match the config (qk_norm = {})",
+                    c.qk_norm
+                )))
+            }
+        }
+        let i_ = c.intermediate_size;
+        lin(
+            format!("{p}.mlp.gate_proj"),
+            &l.mlp.gate_proj,
+            h,
+            i_,
+            c.mlp_bias,
+        )?;
+        lin(
+            format!("{p}.mlp.up_proj"),
+            &l.mlp.up_proj,
+            h,
+            i_,
+            c.mlp_bias,
+        )?;
+        lin(
+            format!("{p}.mlp.down_proj"),
+            &l.mlp.down_proj,
+            i_,
+            h,
+            c.mlp_bias,
+        )?;
+    }
+    norm("norm".into(), &m.norm, h)?;
+    match (&m.lm_head, c.tie_word_embeddings) {
+        (Some(l), false) => lin("lm_head".into(), l, h, c.vocab_size, false),
+        (None, true) => Ok(()),
+        (Some(_), true) => Err(model_err("an lm_head is given but the embeddings are tied")),
+        (None, false) => Err(model_err(
+            "lm_head is missing and the embeddings are not tied",
+        )),
+    }
+}
+
+/// Wraps a parameter tensor (for building modules from loaded weights).
+pub(crate) fn param<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
+    Param::from_tensor(t)
+}

@@ -1,0 +1,135 @@
+//! `cielr edit`: the whole method on one image.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use cielr::core::imageops::render_overlay;
+use cielr::core::io::{load_rgb, save_rgb};
+use cielr::core::{
+    CielrPlanner, Editor, Pipeline, PipelineOptions, Scene, SceneBuilder, StaticSceneBuilder,
+};
+use clap::{Args, ValueEnum};
+
+use super::{models, progress, ReasoningArgs, SceneArg};
+
+/// The editors `--editor` can select.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditorKind {
+    /// Classical inpainting for removal and a luminance-keeping recolour; no replace/add.
+    Classical,
+}
+
+/// Arguments of `cielr edit`.
+#[derive(Args, Debug)]
+pub struct EditArgs {
+    /// The image to edit (PNG or JPEG; the format is read from the bytes).
+    image: PathBuf,
+    /// The instruction, e.g. "What is used to drink coffee from here? Remove it."
+    instruction: String,
+    /// Where to write the edited image; the report goes to <stem>.report.json and the SSR
+    /// overlay to <stem>.overlay.png beside it.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    #[command(flatten)]
+    scene: SceneArg,
+    #[command(flatten)]
+    reasoning: ReasoningArgs,
+    /// The editor that executes the actions.
+    #[arg(long, value_enum, default_value_t = EditorKind::Classical)]
+    editor: EditorKind,
+    /// Dilation of target masks before editing, in pixels.
+    #[arg(long, default_value_t = 7.0)]
+    dilate: f64,
+    /// Seed for stochastic editors.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn sibling(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    output.with_file_name(format!("{stem}{suffix}"))
+}
+
+fn editor(kind: EditorKind) -> Arc<dyn Editor> {
+    match kind {
+        EditorKind::Classical => Arc::new(cielr::diffusion::ClassicalEditor::default()),
+    }
+}
+
+/// Runs `cielr edit`.
+pub fn run(a: EditArgs) -> anyhow::Result<()> {
+    if !(a.dilate.is_finite() && a.dilate >= 0.0) {
+        bail!(
+            "--dilate must be a non-negative number of pixels, got {}",
+            a.dilate
+        );
+    }
+    let image =
+        load_rgb(&a.image).with_context(|| format!("reading the image {}", a.image.display()))?;
+    let scene_builder: Arc<dyn SceneBuilder> = match &a.scene.scene {
+        Some(path) => {
+            let scene = Scene::load(path).context("reading the SSR given by --scene")?;
+            Arc::new(StaticSceneBuilder::new(scene))
+        }
+        None => bail!(
+            "no scene builder is available in this build: pass --scene <scene.json> with the image's SSR \
+             (format: docs/ssr-format.md)"
+        ),
+    };
+    let model = models::language_model(a.reasoning.llm.as_deref())?;
+    let planner = Arc::new(CielrPlanner::new(model.clone()));
+    let editor = editor(a.editor);
+    let pipeline = Pipeline {
+        scene_builder: scene_builder.clone(),
+        planner: planner.clone(),
+        editor: editor.clone(),
+        options: PipelineOptions {
+            max_rounds: a.reasoning.rounds as usize,
+            dilate_radius: a.dilate,
+            seed: a.seed,
+            queries: a.reasoning.queries.clone(),
+        },
+    };
+    let out = pollster::block_on(pipeline.run(&image, &a.instruction, &progress))
+        .context("the edit failed")?;
+
+    if let Some(parent) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    save_rgb(&out.image, &a.output)?;
+    let components = BTreeMap::from([
+        ("scene_builder".to_string(), scene_builder.name()),
+        (
+            "planner".to_string(),
+            cielr::core::Planner::name(planner.as_ref()),
+        ),
+        ("language_model".to_string(), model.name()),
+        ("editor".to_string(), editor.name()),
+    ]);
+    let report_path = sibling(&a.output, ".report.json");
+    let report = serde_json::to_string_pretty(&out.report(&a.instruction, &components))?;
+    std::fs::write(&report_path, report)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    let targets: Vec<u32> = out
+        .plan
+        .steps
+        .iter()
+        .flat_map(|s| s.targets.iter().copied())
+        .collect();
+    let last_scene = out.scenes.last().context("the pipeline returned no SSR")?;
+    let overlay = render_overlay(&image, last_scene, &targets)?;
+    let overlay_path = sibling(&a.output, ".overlay.png");
+    save_rgb(&overlay, &overlay_path)?;
+
+    print!("{}", out.plan.summary(Some(last_scene)));
+    eprintln!(
+        "wrote {}, {} and {}",
+        a.output.display(),
+        report_path.display(),
+        overlay_path.display()
+    );
+    Ok(())
+}

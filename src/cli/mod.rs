@@ -1,0 +1,62 @@
+//! Argument parsing and command dispatch for the `cielr` binary.
+
+mod edit;
+mod models;
+mod plan;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Complex image editing via LLM reasoning.
+#[derive(Parser, Debug)]
+#[command(name = "cielr", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Plan the edits for an instruction over an SSR file, without touching an image.
+    Plan(plan::PlanArgs),
+    /// Edit an image: build the SSR, reason, execute the actions and write the result.
+    Edit(edit::EditArgs),
+}
+
+/// Options shared by the commands that reason.
+#[derive(Args, Debug, Clone)]
+pub struct ReasoningArgs {
+    /// The language model: `scripted:<answers.json>` replays recorded answers.
+    /// Defaults to the CIELR_LLM environment variable.
+    #[arg(long, value_name = "SPEC", env = "CIELR_LLM")]
+    llm: Option<String>,
+    /// Reasoning rounds per step (the last one must choose a target).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
+    rounds: u32,
+    /// Extra labels the scene builder looks for at first (repeatable).
+    #[arg(long = "query", value_name = "LABEL")]
+    queries: Vec<String>,
+}
+
+/// An SSR file argument.
+#[derive(Args, Debug, Clone)]
+pub struct SceneArg {
+    /// SSR file (docs/ssr-format.md).
+    #[arg(long, value_name = "FILE")]
+    scene: Option<PathBuf>,
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Plan(a) => plan::run(a),
+        Command::Edit(a) => edit::run(a),
+    }
+}
+
+/// Prints progress to stderr.
+fn progress(e: cielr::core::ProgressEvent) {
+    eprintln!("[{}] {}", e.stage, e.message);
+}

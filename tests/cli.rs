@@ -1,0 +1,179 @@
+//! The `cielr` binary, run as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cielr::core::io::load_rgb;
+use cielr::core::{CocoRle, Mask};
+
+fn cielr() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cielr"));
+    c.env_remove("CIELR_LLM");
+    c
+}
+
+fn asset(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join(name)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cielr-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+const INSTRUCTION: &str = "What here is used for stirring? Remove it, then make the cup blue.";
+
+#[test]
+fn plan_prints_exactly_the_plan_json() {
+    let out = cielr()
+        .args(["plan", "--json", "--scene"])
+        .arg(asset("coffee.ssr.json"))
+        .arg(INSTRUCTION)
+        .arg("--llm")
+        .arg(format!(
+            "scripted:{}",
+            asset("coffee.answers.json").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["steps"],
+        serde_json::json!([
+            {"op": "remove", "targets": [2], "prompt": "remove the spoon"},
+            {"op": "recolor", "targets": [0], "prompt": "blue"}
+        ])
+    );
+    assert_eq!(v["trace"].as_array().unwrap().len(), 8);
+    assert_eq!(v.as_object().unwrap().len(), 2, "only steps and trace");
+}
+
+#[test]
+fn missing_model_and_bad_inputs_tell_the_user_what_to_do() {
+    let out = cielr()
+        .args(["plan", "--scene"])
+        .arg(asset("coffee.ssr.json"))
+        .arg("remove the cup")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no language model is configured") && err.contains("--llm"),
+        "{err}"
+    );
+
+    let out = cielr()
+        .args([
+            "plan",
+            "--scene",
+            "/nonexistent/scene.json",
+            "x",
+            "--llm",
+            "scripted:/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("/nonexistent/scene.json"),
+        "{err}"
+    );
+
+    let out = cielr()
+        .arg("edit")
+        .arg(asset("coffee.png"))
+        .args([
+            "remove the cup",
+            "-o",
+            "/tmp/x.png",
+            "--llm",
+            "scripted:/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--scene"), "{err}");
+
+    let out = cielr()
+        .args(["plan", "--scene"])
+        .arg(asset("coffee.ssr.json"))
+        .args(["x", "--llm", "telepathy:me"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown language model kind \"telepathy\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn edit_writes_image_report_and_overlay_and_keeps_outside_pixels() {
+    let dir = scratch("edit");
+    let output = dir.join("coffee-edited.png");
+    let out = cielr()
+        .arg("edit")
+        .arg(asset("coffee.png"))
+        .arg(INSTRUCTION)
+        .arg("--scene")
+        .arg(asset("coffee.ssr.json"))
+        .arg("--llm")
+        .arg(format!(
+            "scripted:{}",
+            asset("coffee.answers.json").display()
+        ))
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("[edit] step 1/2"),
+        "progress on stderr: {stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("step 1: remove [2 (spoon)]"), "{stdout}");
+
+    let original = load_rgb(&asset("coffee.png")).unwrap();
+    let edited = load_rgb(&output).unwrap();
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("coffee-edited.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(dir.join("coffee-edited.overlay.png").exists());
+    let mut union = Mask::new(600, 400).unwrap();
+    for m in report["edit_masks"].as_array().unwrap() {
+        let rle: CocoRle = serde_json::from_value(m["mask"].clone()).unwrap();
+        union = union.union(&Mask::from_coco(&rle).unwrap()).unwrap();
+    }
+    let mut changed_inside = 0;
+    for (x, y, p) in edited.enumerate_pixels() {
+        if union.get(x, y) {
+            changed_inside += (p != original.get_pixel(x, y)) as u32;
+        } else {
+            assert_eq!(
+                p,
+                original.get_pixel(x, y),
+                "pixel ({x}, {y}) outside the edit masks changed"
+            );
+        }
+    }
+    assert!(
+        changed_inside as u64 > union.area() / 2,
+        "the edit changed {changed_inside} of {} pixels",
+        union.area()
+    );
+    assert_eq!(report["plan"]["steps"][1]["prompt"], "blue");
+    assert_eq!(report["components"]["language_model"], "scripted");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
