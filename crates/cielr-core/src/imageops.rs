@@ -136,8 +136,8 @@ const DIGITS: [[u8; 5]; 10] = [
 ];
 
 fn blend(p: &mut Rgb<u8>, c: [u8; 3], alpha: f32) {
-    for i in 0..3 {
-        p.0[i] = (p.0[i] as f32 * (1.0 - alpha) + c[i] as f32 * alpha).round() as u8;
+    for (v, c) in p.0.iter_mut().zip(c) {
+        *v = (*v as f32 * (1.0 - alpha) + c as f32 * alpha).round() as u8;
     }
 }
 
@@ -176,7 +176,7 @@ fn draw_number(img: &mut RgbImage, n: u32, x: u32, y: u32, scale: u32, color: [u
 pub fn render_overlay(image: &RgbImage, scene: &Scene, highlighted: &[u32]) -> Result<RgbImage> {
     let (w, h) = image.dimensions();
     let mut out = image.clone();
-    let scale = ((w.min(h) / 200).max(1)).min(4);
+    let scale = (w.min(h) / 200).clamp(1, 4);
     // Draw highlighted objects last so they stay on top.
     let mut order: Vec<_> = scene.objects.iter().enumerate().collect();
     order.sort_by_key(|(_, o)| highlighted.contains(&o.id));

@@ -188,7 +188,7 @@ impl Mask {
     pub fn complement(&self) -> Mask {
         let n = self.width as usize * self.height as usize;
         let mut bits: Vec<u64> = self.bits.iter().map(|w| !w).collect();
-        if n % 64 != 0 {
+        if !n.is_multiple_of(64) {
             if let Some(last) = bits.last_mut() {
                 *last &= (1u64 << (n % 64)) - 1;
             }
@@ -562,7 +562,7 @@ mod tests {
             s = s
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            (s >> 33) % 17 == 0
+            (s >> 33).is_multiple_of(17)
         })
         .unwrap()
     }

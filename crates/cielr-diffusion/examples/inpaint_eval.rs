@@ -2,14 +2,21 @@
 //! `docs/classical-editing.md`).
 //!
 //! ```text
-//! cargo run -p cielr-diffusion --example inpaint_eval -- <dir with chelsea.png, coffee.png,
-//!     astronaut.png> [output dir for the filled images]
+//! cargo run -p cielr-diffusion --example inpaint_eval -- [dir with chelsea.png, coffee.png,
+//!     astronaut.png (default: the scikit-image data folder of /work/venv)] [output dir for
+//!     the filled images]
 //! ```
 //!
-//! For each image and hole it prints PSNR inside the hole against the true pixels, the ratio
-//! of mean gradient magnitude (luma) inside the hole to the true pixels' (1 = as much texture
-//! as the photo, below 1 = smoother), and the time. Build the crate optimised for timings, e.g.
-//! `--release` or `--config 'profile.dev.package.cielr-diffusion.opt-level=3'`.
+//! For each image and hole it prints PSNR inside the hole against the true pixels, the same
+//! after a 5x5 box blur (low-pass PSNR), the ratio of mean gradient magnitude (luma) inside
+//! the hole to the true pixels' (1 = as much texture as the photo, below 1 = smoother), and
+//! the time; then the means, and timings on a 4x upscaled image. Build the crate optimised
+//! for timings, e.g. `--release` or
+//! `--config 'profile.dev.package.cielr-diffusion.opt-level=3'`.
+//!
+//! Environment overrides for experiments: `PM_R`, `PM_EM`, `PM_MIN_EM`, `PM_SEARCH`,
+//! `PM_SEAMLESS` (0/1) change the PatchMatch options; `ONLY=<text>` runs only the methods
+//! whose name contains it; `SKIP_LARGE=1` skips the large-image timings.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -63,6 +70,30 @@ fn psnr_in(a: &RgbImage, b: &RgbImage, m: &Mask) -> f64 {
     }
 }
 
+/// PSNR inside the hole after a 5x5 box blur of both images (low frequencies only: layout
+/// and colour, not texture alignment).
+fn lowpass_psnr_in(a: &RgbImage, b: &RgbImage, m: &Mask) -> f64 {
+    psnr_in(&box_blur(a), &box_blur(b), m)
+}
+
+fn box_blur(img: &RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    RgbImage::from_fn(w, h, |x, y| {
+        let mut acc = [0u32; 3];
+        let mut n = 0u32;
+        for yy in y.saturating_sub(2)..(y + 3).min(h) {
+            for xx in x.saturating_sub(2)..(x + 3).min(w) {
+                let p = img.get_pixel(xx, yy).0;
+                for k in 0..3 {
+                    acc[k] += p[k] as u32;
+                }
+                n += 1;
+            }
+        }
+        Rgb(acc.map(|v| ((v + n / 2) / n) as u8))
+    })
+}
+
 fn luma(p: &Rgb<u8>) -> f64 {
     0.299 * p.0[0] as f64 + 0.587 * p.0[1] as f64 + 0.114 * p.0[2] as f64
 }
@@ -85,14 +116,14 @@ fn mean_gradient(img: &RgbImage, m: &Mask) -> f64 {
     sum / n.max(1.0)
 }
 
-/// Baseline: every hole pixel set to the mean colour of the known pixels within 3 px of it.
+/// Baseline: the whole hole set to one colour, the mean of the known pixels within 3 px of it.
 fn mean_fill(img: &RgbImage, m: &Mask) -> RgbImage {
     let ring = m.dilate(3.0).difference(m).unwrap();
     let mut acc = [0f64; 3];
     let mut n = 0f64;
     for (x, y) in ring.pixels() {
-        for k in 0..3 {
-            acc[k] += img.get_pixel(x, y).0[k] as f64;
+        for (a, &v) in acc.iter_mut().zip(&img.get_pixel(x, y).0) {
+            *a += v as f64;
         }
         n += 1.0;
     }
@@ -136,6 +167,11 @@ fn cases(images: &[(&'static str, RgbImage)]) -> Vec<Case> {
                     rect(w, h, 110.0, 180.0, 170.0, 230.0),
                 );
                 add(
+                    "blob r22, nose and mouth",
+                    "structure",
+                    blob(w, h, 262.0, 248.0, 22.0),
+                );
+                add(
                     "blob r30, blurred background",
                     "smooth",
                     blob(w, h, 405.0, 110.0, 30.0),
@@ -146,6 +182,11 @@ fn cases(images: &[(&'static str, RgbImage)]) -> Vec<Case> {
                     "box 100x90, wood grain",
                     "textured",
                     rect(w, h, 470.0, 30.0, 570.0, 120.0),
+                );
+                add(
+                    "blob r25, coffee crema",
+                    "smooth",
+                    blob(w, h, 290.0, 150.0, 25.0),
                 );
                 add(
                     "blob r35, saucer rim",
@@ -160,14 +201,19 @@ fn cases(images: &[(&'static str, RgbImage)]) -> Vec<Case> {
             }
             "astronaut" => {
                 add(
-                    "blob r35, studio wall",
+                    "blob r26, studio wall",
                     "smooth",
-                    blob(w, h, 300.0, 60.0, 35.0),
+                    blob(w, h, 335.0, 120.0, 26.0),
                 );
                 add(
                     "box 60x70, flag stripes at border",
                     "textured",
                     rect(w, h, 0.0, 250.0, 60.0, 320.0),
+                );
+                add(
+                    "box 50x40, shuttle body",
+                    "structure",
+                    rect(w, h, 385.0, 150.0, 435.0, 190.0),
                 );
                 add(
                     "blob r35, orange suit",
@@ -218,72 +264,72 @@ fn main() {
     if let Some(v) = env("PM_MIN_EM") {
         pm.min_em_iterations = v;
     }
+    if let Some(v) = env("PM_SEAMLESS") {
+        pm.seamless = v != 0;
+    }
     if let Some(v) = env("PM_SEARCH") {
         pm.search_iterations = v;
     }
+    let only = std::env::var("ONLY").unwrap_or_default();
     println!(
-        "| image | hole | kind | hole px | method | PSNR in hole (dB) | gradient ratio | time (ms) |"
+        "| # | image | hole | kind | hole px | method | PSNR (dB) | low-pass PSNR (dB) | gradient ratio | time (ms) |"
     );
-    println!("|---|---|---|---:|---|---:|---:|---:|");
-    let mut totals: Vec<(String, f64, f64, f64, usize)> = Vec::new();
-    for case in cases(&images) {
+    println!("|---|---|---|---|---:|---|---:|---:|---:|---:|");
+    // method -> [psnr, lowpass psnr, gradient ratio, |log2 gradient ratio|, seconds, count]
+    let mut totals: Vec<(String, [f64; 6])> = Vec::new();
+    for (case_no, case) in cases(&images).into_iter().enumerate() {
         let img = &images.iter().find(|(n, _)| *n == case.image).unwrap().1;
         let truth_grad = mean_gradient(img, &case.mask);
         let mut runs: Vec<(String, RgbImage, f64)> = Vec::new();
-        let t = Instant::now();
-        let r = mean_fill(img, &case.mask);
-        runs.push(("mean colour".into(), r, t.elapsed().as_secs_f64()));
-        let t = Instant::now();
-        let r = inpaint_telea(img, &case.mask, &telea).unwrap();
-        runs.push((
-            InpaintMethod::Telea.to_string(),
-            r,
-            t.elapsed().as_secs_f64(),
-        ));
-        let t = Instant::now();
-        let r = inpaint_telea(img, &case.mask, &telea_nograd).unwrap();
-        runs.push((
-            "telea (no gradient term)".into(),
-            r,
-            t.elapsed().as_secs_f64(),
-        ));
-        for seed in [0u64, 1] {
+        let mut timed = |name: String, f: &dyn Fn() -> RgbImage| {
+            if !only.is_empty() && !name.contains(&only) {
+                return;
+            }
             let t = Instant::now();
-            let r = inpaint_patchmatch(img, &case.mask, &pm, seed).unwrap();
-            runs.push((
-                format!("patchmatch seed {seed}"),
-                r,
-                t.elapsed().as_secs_f64(),
-            ));
+            let r = f();
+            runs.push((name, r, t.elapsed().as_secs_f64()));
+        };
+        timed("mean colour".into(), &|| mean_fill(img, &case.mask));
+        timed(InpaintMethod::Telea.to_string(), &|| {
+            inpaint_telea(img, &case.mask, &telea).unwrap()
+        });
+        timed("telea (no gradient term)".into(), &|| {
+            inpaint_telea(img, &case.mask, &telea_nograd).unwrap()
+        });
+        for seed in [0u64, 1] {
+            timed(format!("patchmatch seed {seed}"), &|| {
+                inpaint_patchmatch(img, &case.mask, &pm, seed).unwrap()
+            });
         }
         for (method, result, secs) in &runs {
             let psnr = psnr_in(result, img, &case.mask);
+            let lp = lowpass_psnr_in(result, img, &case.mask);
             let gr = mean_gradient(result, &case.mask) / truth_grad;
             println!(
-                "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} |",
+                "| {case_no} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} |",
                 case.image,
                 case.name,
                 case.kind,
                 case.mask.area(),
                 method,
                 psnr,
+                lp,
                 gr,
                 secs * 1000.0
             );
+            let row = [psnr, lp, gr, gr.log2().abs(), *secs, 1.0];
             match totals.iter_mut().find(|t| &t.0 == method) {
                 Some(t) => {
-                    t.1 += psnr;
-                    t.2 += gr;
-                    t.3 += secs;
-                    t.4 += 1;
+                    for (a, v) in t.1.iter_mut().zip(row) {
+                        *a += v;
+                    }
                 }
-                None => totals.push((method.clone(), psnr, gr, *secs, 1)),
+                None => totals.push((method.clone(), row)),
             }
             if let Some(d) = &out_dir {
                 let file = format!(
-                    "{}-{}-{}.png",
+                    "case{case_no}-{}-{}.png",
                     case.image,
-                    case.name.split(',').next().unwrap().replace(' ', "_"),
                     method.replace(' ', "_")
                 );
                 result.save(d.join(file)).expect("save");
@@ -291,15 +337,55 @@ fn main() {
         }
     }
     println!();
-    println!("| method | mean PSNR (dB) | mean gradient ratio | mean time (ms) |");
-    println!("|---|---:|---:|---:|");
-    for (m, p, g, s, n) in totals {
-        let n = n as f64;
+    println!(
+        "| method | mean PSNR (dB) | mean low-pass PSNR (dB) | mean gradient ratio | mean abs log2 gradient ratio | mean time (ms) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (m, t) in totals {
+        let n = t[5];
         println!(
-            "| {m} | {:.2} | {:.2} | {:.0} |",
-            p / n,
-            g / n,
-            s / n * 1000.0
+            "| {m} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            t[0] / n,
+            t[1] / n,
+            t[2] / n,
+            t[3] / n,
+            t[4] / n * 1000.0
         );
+    }
+    if std::env::var("SKIP_LARGE").is_ok() {
+        return;
+    }
+    // Timing on a large image: coffee upscaled 4x (2400x1600).
+    let coffee = &images.iter().find(|(n, _)| *n == "coffee").unwrap().1;
+    let big = image::imageops::resize(coffee, 2400, 1600, image::imageops::FilterType::Triangle);
+    let (w, h) = big.dimensions();
+    let large_cases = [
+        (
+            "blob r60 on wood (small object, 0.3% of image)",
+            blob(w, h, 1900.0, 300.0, 60.0),
+        ),
+        (
+            "ellipse 800x600 (10% of image)",
+            ellipse(w, h, 1980.0, 1200.0, 400.0, 300.0),
+        ),
+    ];
+    println!();
+    println!("| 2400x1600 image | hole px | method | PSNR (dB) | time (ms) |");
+    println!("|---|---:|---|---:|---:|");
+    for (name, mask) in &large_cases {
+        for method in InpaintMethod::ALL {
+            let t = Instant::now();
+            let r = match method {
+                InpaintMethod::Telea => inpaint_telea(&big, mask, &telea).unwrap(),
+                InpaintMethod::PatchMatch => inpaint_patchmatch(&big, mask, &pm, 0).unwrap(),
+            };
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "| {name} | {} | {method} | {:.2} | {:.0} |",
+                mask.area(),
+                psnr_in(&r, &big, mask),
+                secs * 1000.0
+            );
+        }
     }
 }

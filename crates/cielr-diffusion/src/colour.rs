@@ -2,7 +2,8 @@
 
 use crate::error::{DiffusionError, Result};
 
-/// A colour in CIELAB (D65 white point): `l` in 0..=100, `a` green(-)/red(+), `b` blue(-)/yellow(+).
+/// A colour in CIELAB (D65 white point): `l` in 0..=100, `a` green (-) to red (+), `b` blue (-)
+/// to yellow (+).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Lab {
     /// Lightness, 0 (black) to 100 (white).

@@ -6,7 +6,7 @@
 //!   multi-scale PatchMatch exemplar inpainter ([`inpaint_patchmatch`], the default: it
 //!   copies texture into large holes where Telea blurs; see `docs/classical-editing.md`);
 //! * **recolouring** in CIELAB that keeps each pixel's lightness, so shading and texture
-//!   survive ([`recolor`]), with the target read from the prompt ([`parse_colour`]).
+//!   survive ([`recolor()`]), with the target read from the prompt ([`parse_colour`]).
 //!
 //! Both inpainters work on a window around the mask only, and every operation returns the
 //! pixels outside the mask bit-identical.

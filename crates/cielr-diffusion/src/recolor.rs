@@ -12,7 +12,7 @@ use crate::colour::{parse_colour, Lab};
 use crate::error::{DiffusionError, Result};
 use crate::inpaint::check_mask;
 
-/// Options of [`recolor`].
+/// Options of [`recolor()`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RecolorOptions {
     /// How far the region's mean lightness moves toward the target colour's lightness:
@@ -66,7 +66,7 @@ pub fn recolor(
     Ok(out)
 }
 
-/// [`recolor`] with the colour read from a prompt by [`parse_colour`] ("blue", "make it dark
+/// [`recolor()`] with the colour read from a prompt by [`parse_colour`] ("blue", "make it dark
 /// red", "#1e90ff") and default options.
 pub fn recolor_prompt(image: &RgbImage, mask: &Mask, prompt: &str) -> Result<RgbImage> {
     let colour = parse_colour(prompt)?;
