@@ -9,6 +9,7 @@ checkpoint folder (config.json + model.safetensors, as `save_pretrained` writes 
   decode_ids      [D] int64     tokens fed one at a time after the prompt
   prefill_logits  [P, V] f32    logits of every prompt position (one forward, causal mask)
   decode_logits   [D, V] f32    logits after each decode step (with the KV cache)
+  greedy_ids      [G] int64     greedy continuation of the prompt (G = 8, argmax only)
 
 The references are computed in float32 from the weights as saved (bf16/f16 checkpoints are
 rounded first), with eager attention.
@@ -52,19 +53,29 @@ def perturb(model, seed):
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
 
 
+def greedy(model, prompt, n):
+    """Plain greedy decoding with the KV cache (no logits processors: EOS is not special)."""
+    out = model(prompt[None], use_cache=True)
+    tokens = []
+    for _ in range(n):
+        t = out.logits[0, -1].argmax()
+        tokens.append(t)
+        out = model(t.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+    return torch.stack(tokens)
+
+
 def build(name, cls, config, dtype, out_dir, seed, prompt_len=7, decode_len=3):
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
     model = cls(config).eval()
     perturb(model, seed + 1)
-    # Round to the storage dtype, then compute the reference in f32 from the rounded weights.
-    model = model.to(DTYPES[dtype]).to(torch.float32)
+    # Round the parameters (not the rotary buffers, which transformers recomputes in f32 on
+    # loading) to the storage dtype; the reference is computed in f32 from the rounded values.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(DTYPES[dtype]).to(torch.float32))
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
-    model.to(DTYPES[dtype]).save_pretrained(folder, safe_serialization=True)
-    model = model.to(torch.float32)
-    for extra in ("generation_config.json",):
-        (folder / extra).unlink(missing_ok=True)
 
     g = torch.Generator().manual_seed(seed + 2)
     ids = torch.randint(0, config.vocab_size, (prompt_len + decode_len,), generator=g)
@@ -82,12 +93,26 @@ def build(name, cls, config, dtype, out_dir, seed, prompt_len=7, decode_len=3):
         # Sanity: the cached decode agrees with one forward over the whole sequence.
         full = model(ids[None]).logits[0].float()
         assert torch.allclose(full[prompt_len:], decode_logits, atol=1e-4), name
+        gen = greedy(model, prompt, 8)
+        # The greedy path must not hinge on near-ties, or f32 rounding could flip it.
+        path = model(torch.cat([prompt, gen])[None]).logits[0, prompt_len - 1 : -1]
+        top2 = path.topk(2, dim=-1).values
+        margin = (top2[:, 0] - top2[:, 1]).min().item()
+        assert margin > 1e-3, f"{name}: greedy margin {margin}"
+    model.to(DTYPES[dtype]).save_pretrained(folder, safe_serialization=True)
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    # The checkpoint as saved, loaded back in f32, gives the same logits.
+    reloaded = cls.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        again = reloaded(prompt[None]).logits[0].float()
+    assert torch.allclose(again, prefill, atol=1e-5), f"{name}: reloaded checkpoint differs"
     save_file(
         {
             "input_ids": prompt.to(torch.int64).contiguous(),
             "decode_ids": decode.to(torch.int64).contiguous(),
             "prefill_logits": prefill.contiguous(),
             "decode_logits": decode_logits.contiguous(),
+            "greedy_ids": gen.to(torch.int64).contiguous(),
         },
         str(folder / "reference.safetensors"),
     )
@@ -96,7 +121,7 @@ def build(name, cls, config, dtype, out_dir, seed, prompt_len=7, decode_len=3):
     size = sum(f.stat().st_size for f in folder.iterdir())
     print(
         f"{name}: {sum(p.numel() for p in model.parameters())} parameters, {dtype}, "
-        f"{size / 1024:.0f} KiB, logits std {prefill.std():.3f}"
+        f"{size / 1024:.0f} KiB, logits std {prefill.std():.3f}, greedy margin {margin:.3f}"
     )
 
 

@@ -12,9 +12,17 @@ Outputs (in crates/cielr-planner/tests/fixtures/):
 Quantised blocks are random bytes with the f16 scale fields overwritten by sane finite
 values, so every bit pattern of the packed values is exercised.
 
+With --smollm2 PATH it also writes gguf_smollm2_reference.json: for a few tensors of
+SmolLM2-135M-Instruct.Q4_1.gguf (Q8_0 embedding, Q4_1 projections, F32 norm) the shape, the
+float64 sum of all values, and the float32 bit patterns of the first 64 values and of 64 values
+at seeded random positions, all from gguf-py's dequantisation.
+
 Usage: python3 -m venv /work/venv-tok && /work/venv-tok/bin/pip install gguf numpy
-       /work/venv-tok/bin/python tools/planner/make_gguf_fixture.py
+       /work/venv-tok/bin/python tools/planner/make_gguf_fixture.py \
+           [--smollm2 ~/.cache/cielr/SmolLM2-135M-Instruct.Q4_1.gguf]
 """
+
+import argparse
 
 import json
 import os
@@ -62,8 +70,39 @@ def random_blocks(qtype, n_blocks):
     return b
 
 
+def smollm2_reference(path):
+    r = gguf.GGUFReader(path)
+    by_name = {t.name: t for t in r.tensors}
+    out = {}
+    pick = np.random.default_rng(7)
+    for name in ["token_embd.weight", "blk.0.attn_q.weight", "blk.29.ffn_down.weight", "output_norm.weight"]:
+        t = by_name[name]
+        deq = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        shape = [int(d) for d in reversed(t.shape.tolist())]
+        flat = deq.reshape(-1)
+        assert flat.size == int(np.prod(shape)), name
+        idx = sorted(int(i) for i in pick.integers(0, flat.size, size=64))
+        out[name] = {
+            "type": t.tensor_type.name,
+            "shape": shape,
+            "sum": float(flat.astype(np.float64).sum()),
+            "first_bits": [int(x) for x in flat[:64].view(np.uint32)],
+            "sample_index": idx,
+            "sample_bits": [int(x) for x in flat[idx].view(np.uint32)],
+        }
+    with open(os.path.join(OUT, "gguf_smollm2_reference.json"), "w") as f:
+        json.dump({"generator": "tools/planner/make_gguf_fixture.py --smollm2 (gguf-py dequantize)",
+                   "model": os.path.basename(path), "tensors": out}, f, separators=(",", ":"))
+        f.write("\n")
+
+
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smollm2", help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
+    args = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
+    if args.smollm2:
+        smollm2_reference(args.smollm2)
     path = os.path.join(OUT, "gguf_tiny.gguf")
     w = gguf.GGUFWriter(path, arch="llama")
     w.add_name("cielr tiny gguf fixture")

@@ -89,3 +89,25 @@ impl From<PlannerError> for CoreError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_core_errors() {
+        let e: CoreError = PlannerError::Constraint("no token fits".into()).into();
+        assert!(matches!(e, CoreError::LanguageModel(ref m) if m.contains("no token fits")));
+        let e: CoreError = PlannerError::GgufTensor {
+            path: "m.gguf".into(),
+            tensor: "w".into(),
+            message: "bad".into(),
+        }
+        .into();
+        assert!(
+            matches!(e, CoreError::Model(ref m) if m.contains("m.gguf") && m.contains("\"w\""))
+        );
+        let e: CoreError = PlannerError::io("x", std::io::Error::other("gone")).into();
+        assert!(matches!(e, CoreError::Io { .. }));
+    }
+}

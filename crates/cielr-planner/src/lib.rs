@@ -4,7 +4,12 @@
 
 #![warn(missing_docs)]
 
+pub mod chat;
+pub mod constrained;
 pub mod error;
+pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod local;
+pub mod tokenizer;
 pub mod weights;

@@ -59,7 +59,7 @@ pub enum RopeScaling {
 
 /// The hyper-parameters of a Llama-family decoder, as read from a checkpoint's `config.json`
 /// ([`LlamaConfig::from_json_str`]) or a GGUF file's metadata
-/// ([`crate::weights::llama_config_from_gguf`]).
+/// ([`LlamaConfig::from_gguf`], in [`crate::weights`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     /// `model_type` from `config.json` ("llama", "qwen2", "qwen3", ...).
@@ -295,37 +295,45 @@ impl LlamaConfig {
     /// Checks that the sizes are consistent (non-zero, heads divisible into groups, even
     /// head width for the rotary embedding, positive epsilon and base).
     pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("max_position_embeddings", self.max_position_embeddings),
+        // Upper bounds keep a hostile config.json from asking for absurd allocations.
+        let sizes = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
+            ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 12),
+            ("head_dim", self.head_dim, 1 << 16),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
         ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(model_err(format!("{name} must be positive")));
+        for (name, v, max) in sizes {
+            if v == 0 || v > max {
+                return Err(model_err(format!("{name} = {v} is out of range 1..={max}")));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(model_err(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             )));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(model_err(format!(
                 "head_dim ({}) must be even for the rotary embedding",
                 self.head_dim
             )));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(model_err("rms_norm_eps must be positive"));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(model_err("rope_theta must be positive"));
         }
         match self.rope_scaling {
@@ -779,6 +787,20 @@ impl<B: Backend> Llama<B> {
                 cache.batch
             )));
         }
+        let ids = tokens
+            .to_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .map_err(|e| model_err(format!("reading token ids: {e:?}")))?;
+        if let Some(&t) = ids
+            .iter()
+            .find(|&&t| t < 0 || t as u64 >= self.config.vocab_size as u64)
+        {
+            return Err(model_err(format!(
+                "token id {t} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
         let start = cache.len;
         if start + s > self.config.max_position_embeddings {
             return Err(model_err(format!(
@@ -1001,4 +1023,55 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
 /// Wraps a parameter tensor (for building modules from loaded weights).
 pub(crate) fn param<B: Backend, const D: usize>(t: Tensor<B, D>) -> Param<Tensor<B, D>> {
     Param::from_tensor(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_frequencies_match_transformers() {
+        // Llama 3.1 8B's rope: transformers' `_compute_llama3_parameters` gives these.
+        let config = LlamaConfig::from_json_str(
+            r#"{"vocab_size": 8, "hidden_size": 4096, "intermediate_size": 8,
+                "num_hidden_layers": 1, "num_attention_heads": 32, "rope_theta": 500000.0,
+                "max_position_embeddings": 131072,
+                "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}"#,
+        )
+        .unwrap();
+        let rope = RotaryEmbedding::new(&config);
+        let expected = [
+            (0, 1.0),
+            (20, 0.016_560_44),
+            (40, 3.428_102_4e-5),
+            (45, 1.229_763_9e-5),
+            (50, 4.411_534_5e-6),
+            (63, 3.068_925_9e-7),
+        ];
+        for (i, want) in expected {
+            let got = rope.inv_freq()[i] as f64;
+            assert!(((got - want) / want).abs() < 1e-6, "{i}: {got} vs {want}");
+        }
+        assert!(rope.clone().with_freq_factors(&[1.0]).is_err());
+    }
+
+    #[test]
+    fn random_models_run_and_count_parameters() {
+        let config = LlamaConfig::from_json_str(
+            r#"{"model_type": "qwen3", "vocab_size": 40, "hidden_size": 16,
+                "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 8, "tie_word_embeddings": true}"#,
+        )
+        .unwrap();
+        let model = config
+            .init::<cielr_core::backend::CpuBackend>(&Default::default())
+            .unwrap();
+        let n: usize = model.model().num_params();
+        assert_eq!(n, config.num_parameters());
+        let mut cache = model.new_cache();
+        let logits = model.next_token_logits(&[1, 2, 3], &mut cache).unwrap();
+        assert_eq!(logits.len(), 40);
+        assert!(logits.iter().all(|l| l.is_finite()));
+    }
 }

@@ -19,7 +19,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors};
 
 use crate::error::PlannerError;
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, GgufValue};
 use crate::llama::{
     param, Llama, LlamaAttention, LlamaConfig, LlamaDecoderLayer, LlamaMlp, LlamaModel,
     RopeScaling, RotaryEmbedding,
@@ -211,8 +211,14 @@ impl TensorSource for SafetensorsWeights {
             .metadata
             .info(name)
             .ok_or_else(|| err("missing from the header".into()))?;
-        let start = 8 + shard.header_len + info.data_offsets.0;
-        let end = 8 + shard.header_len + info.data_offsets.1;
+        let base = 8 + shard.header_len;
+        let (start, end) = match (
+            base.checked_add(info.data_offsets.0),
+            base.checked_add(info.data_offsets.1),
+        ) {
+            (Some(s), Some(e)) => (s, e),
+            _ => return Err(err("its data offsets overflow".into())),
+        };
         let bytes = shard
             .map
             .get(start..end)
@@ -224,8 +230,11 @@ impl TensorSource for SafetensorsWeights {
             StDtype::F64 => DType::F64,
             other => return Err(err(format!("unsupported dtype {other:?}"))),
         };
-        let n: usize = info.shape.iter().product();
-        if n * dtype.size() != bytes.len() {
+        let n = info
+            .shape
+            .iter()
+            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
+        if n != Some(bytes.len()) {
             return Err(err(format!(
                 "shape {:?} does not match {} bytes of {dtype:?}",
                 info.shape,
@@ -261,7 +270,11 @@ impl<'a> GgufWeights<'a> {
 /// (interleaved pairs) go back to `[2, head_dim / 2]` (halves). Works on weights (`[rows,
 /// cols]`) and biases (`[rows]`).
 fn unpermute_rows(data: &[f32], rows: usize, heads: usize) -> Option<Vec<f32>> {
-    if heads == 0 || rows % (2 * heads) != 0 || data.len() % rows != 0 {
+    if heads == 0
+        || rows == 0
+        || !rows.is_multiple_of(2 * heads)
+        || !data.len().is_multiple_of(rows)
+    {
         return None;
     }
     let cols = data.len() / rows;
@@ -300,13 +313,16 @@ impl TensorSource for GgufWeights<'_> {
             _ => None,
         };
         let data = match heads {
-            Some(heads) => unpermute_rows(&data, shape[0], heads).ok_or_else(|| {
-                model_err(format!(
-                    "{}, tensor {gname}: {} rows cannot be split into {heads} heads of even width",
-                    self.origin(),
-                    shape[0]
-                ))
-            })?,
+            Some(heads) => {
+                let rows = shape.first().copied().unwrap_or(0);
+                unpermute_rows(&data, rows, heads).ok_or_else(|| {
+                    model_err(format!(
+                        "{}, tensor {gname}: {rows} rows cannot be split into {heads} heads \
+                         of even width",
+                        self.origin()
+                    ))
+                })?
+            }
             None => data,
         };
         Ok(Some(TensorData::new(data, shape)))
@@ -345,7 +361,12 @@ impl LlamaConfig {
         let need = |k: &str| -> Result<usize> {
             int(k)?.ok_or_else(|| err(format!("the metadata lacks {}", key(k))))
         };
-        let float = |k: &str| file.get_f64(&key(k));
+        // GGUF stores these as f32: read 1e-5f32 back as 1e-5, as config.json says.
+        let float = |k: &str| match file.get(&key(k)) {
+            Some(GgufValue::F32(x)) => x.to_string().parse::<f64>().ok(),
+            Some(v) => v.as_f64(),
+            None => None,
+        };
         let hidden_size = need("embedding_length")?;
         let heads = need("attention.head_count")?;
         if heads == 0 {
@@ -436,10 +457,12 @@ pub fn load_llama<B: Backend>(
     let vector = |name: &str, n: usize| -> Result<Tensor<B, 1>> {
         Ok(Tensor::from_data(fetch(name, &[n])?, device))
     };
-    // PyTorch stores linear weights as [out, in]; Burn's `Linear` takes [in, out]: a
-    // transposed view (the CPU matmul reads strided operands without copying).
+    // PyTorch stores linear weights as [out, in]; Burn's `Linear` takes [in, out]. The
+    // transpose is materialised once here: `Linear` on a 3-d input broadcasts the weight,
+    // and a strided weight is then copied on every call (6x slower decoding).
     let linear = |prefix: &str, i: usize, o: usize, bias: bool| -> Result<Linear<B>> {
         let weight = tensor2(&format!("{prefix}.weight"), o, i)?.transpose();
+        let weight = Tensor::from_data(weight.into_data(), device);
         let bias = if bias {
             Some(param(vector(&format!("{prefix}.bias"), o)?))
         } else {
@@ -567,5 +590,39 @@ mod tests {
         }
         assert_eq!(unpermute_rows(&permuted, rows, heads).unwrap(), hf);
         assert!(unpermute_rows(&permuted, rows, 3).is_none());
+    }
+
+    #[test]
+    fn the_qk_permutation_matters() {
+        // The tiny Llama GGUF loaded without undoing llama.cpp's permutation gives other
+        // logits than with it (the parity tests show that with it they match transformers).
+        use cielr_core::backend::CpuBackend;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/llama-tiny-llama3");
+        let file = GgufFile::open(&dir.join("model.gguf")).unwrap();
+        let config = LlamaConfig::from_gguf(&file).unwrap();
+        let (_, factors) = file.tensor_f32("rope_freqs.weight").unwrap();
+        let rope = || {
+            RotaryEmbedding::new(&config)
+                .with_freq_factors(&factors)
+                .unwrap()
+        };
+        let device = Default::default();
+        let right = GgufWeights::new(&file, &config);
+        let wrong = GgufWeights {
+            file: &file,
+            unpermute: None,
+        };
+        let logits = |w: &GgufWeights| {
+            let m = load_llama::<CpuBackend>(&config, w, rope(), &device).unwrap();
+            m.next_token_logits(&[3, 1, 4, 1, 5], &mut m.new_cache())
+                .unwrap()
+        };
+        let (a, b) = (logits(&right), logits(&wrong));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff > 1e-2, "{diff}");
     }
 }

@@ -17,13 +17,28 @@ fn tiny_bytes() -> Vec<u8> {
     std::fs::read(fixture("gguf_tiny.gguf")).expect("the fixture gguf_tiny.gguf")
 }
 
-/// Writes bytes to a fresh temporary file and returns its path.
-fn temp_file(tag: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cielr-gguf-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{tag}.gguf"));
-    std::fs::write(&path, bytes).unwrap();
-    path
+/// A scratch folder for one test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("cielr-gguf-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// Writes bytes to a file of the folder and returns its path.
+    fn file(&self, tag: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(format!("{tag}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
@@ -135,6 +150,7 @@ fn gguf_missing_tensor_and_file_are_errors() {
 
 #[test]
 fn gguf_every_truncation_is_an_error() {
+    let scratch = Scratch::new("gguf_every_truncation_is_an_error");
     let bytes = tiny_bytes();
     let g = GgufFile::open(&fixture("gguf_tiny.gguf")).unwrap();
     let data_end = g
@@ -143,8 +159,11 @@ fn gguf_every_truncation_is_an_error() {
         .map(|t| t.offset + t.n_bytes)
         .max()
         .unwrap() as usize;
-    for cut in 0..data_end {
-        let path = temp_file("truncated", &bytes[..cut]);
+    // One file, cut shorter and shorter (rewriting a file per cut is slow on some disks).
+    let path = scratch.file("truncated", &bytes);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for cut in (0..data_end).rev() {
+        f.set_len(cut as u64).unwrap();
         match GgufFile::open(&path) {
             Err(e) => {
                 let msg = e.to_string();
@@ -157,84 +176,88 @@ fn gguf_every_truncation_is_an_error() {
 
 #[test]
 fn gguf_lying_tensor_offset_is_an_error() {
+    let scratch = Scratch::new("gguf_lying_tensor_offset_is_an_error");
     let mut bytes = tiny_bytes();
     // The tensor entry: name, n_dims u32, dims 2 x u64, type u32, offset u64.
     let at = find(&bytes, b"quant.q6_k") + b"quant.q6_k".len() + 4 + 16 + 4;
     for lie in [1u64 << 20, u64::MAX - 7, u64::MAX - 31] {
         bytes[at..at + 8].copy_from_slice(&lie.to_le_bytes());
-        let path = temp_file("lying-offset", &bytes);
+        let path = scratch.file("lying-offset", &bytes);
         let e = GgufFile::open(&path).unwrap_err().to_string();
         assert!(e.contains("quant.q6_k"), "{e}");
         assert!(e.contains("lying-offset.gguf"), "{e}");
     }
     // A misaligned offset is refused too.
     bytes[at..at + 8].copy_from_slice(&3u64.to_le_bytes());
-    let e = GgufFile::open(&temp_file("misaligned", &bytes)).unwrap_err();
+    let e = GgufFile::open(&scratch.file("misaligned", &bytes)).unwrap_err();
     assert!(e.to_string().contains("alignment"), "{e}");
 }
 
 #[test]
 fn gguf_huge_lengths_are_errors_without_allocating() {
+    let scratch = Scratch::new("gguf_huge_lengths_are_errors_without_allocating");
     let orig = tiny_bytes();
     // Array length: key, type u32 (9), element type u32, length u64.
     let at = find(&orig, b"test.str_array") + b"test.str_array".len() + 8;
     for lie in [u64::MAX, 1 << 40, 1 << 28] {
         let mut bytes = orig.clone();
         bytes[at..at + 8].copy_from_slice(&lie.to_le_bytes());
-        let e = GgufFile::open(&temp_file("huge-array", &bytes)).unwrap_err();
+        let e = GgufFile::open(&scratch.file("huge-array", &bytes)).unwrap_err();
         assert!(e.to_string().contains("test.str_array"), "{e}");
     }
     // String length: key, type u32 (8), length u64.
     let at = find(&orig, b"test.string") + b"test.string".len() + 4;
     let mut bytes = orig.clone();
     bytes[at..at + 8].copy_from_slice(&(1u64 << 62).to_le_bytes());
-    let e = GgufFile::open(&temp_file("huge-string", &bytes)).unwrap_err();
+    let e = GgufFile::open(&scratch.file("huge-string", &bytes)).unwrap_err();
     assert!(e.to_string().contains("test.string"), "{e}");
     // Tensor and metadata counts.
     for field in [8usize, 16] {
         let mut bytes = orig.clone();
         bytes[field..field + 8].copy_from_slice(&(u64::MAX / 3).to_le_bytes());
-        assert!(GgufFile::open(&temp_file("huge-count", &bytes)).is_err());
+        assert!(GgufFile::open(&scratch.file("huge-count", &bytes)).is_err());
     }
 }
 
 #[test]
 fn gguf_bad_shapes_types_and_magic_are_errors() {
+    let scratch = Scratch::new("gguf_bad_shapes_types_and_magic_are_errors");
     let orig = tiny_bytes();
     let name_end = find(&orig, b"quant.q4_k") + b"quant.q4_k".len();
     // Too many dimensions.
     let mut bytes = orig.clone();
     bytes[name_end..name_end + 4].copy_from_slice(&9u32.to_le_bytes());
-    let e = GgufFile::open(&temp_file("dims", &bytes)).unwrap_err();
+    let e = GgufFile::open(&scratch.file("dims", &bytes)).unwrap_err();
     assert!(e.to_string().contains("dimensions"), "{e}");
     // A huge dimension (element count overflow).
     let mut bytes = orig.clone();
     bytes[name_end + 4..name_end + 12].copy_from_slice(&(u64::MAX - 255).to_le_bytes());
-    let e = GgufFile::open(&temp_file("overflow", &bytes)).unwrap_err();
+    let e = GgufFile::open(&scratch.file("overflow", &bytes)).unwrap_err();
     assert!(e.to_string().contains("quant.q4_k"), "{e}");
     // A row length that is not a multiple of the block size.
     let mut bytes = orig.clone();
     bytes[name_end + 4..name_end + 12].copy_from_slice(&255u64.to_le_bytes());
-    let e = GgufFile::open(&temp_file("row", &bytes)).unwrap_err();
+    let e = GgufFile::open(&scratch.file("row", &bytes)).unwrap_err();
     assert!(e.to_string().contains("block size"), "{e}");
     // An unknown type id.
     let mut bytes = orig.clone();
     bytes[name_end + 20..name_end + 24].copy_from_slice(&99u32.to_le_bytes());
-    let e = GgufFile::open(&temp_file("type", &bytes)).unwrap_err();
+    let e = GgufFile::open(&scratch.file("type", &bytes)).unwrap_err();
     assert!(e.to_string().contains("type id 99"), "{e}");
     // Magic and version.
     let mut bytes = orig.clone();
     bytes[0] = b'X';
-    let e = GgufFile::open(&temp_file("magic", &bytes)).unwrap_err();
+    let e = GgufFile::open(&scratch.file("magic", &bytes)).unwrap_err();
     assert!(e.to_string().contains("not a GGUF"), "{e}");
     let mut bytes = orig.clone();
     bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
-    let e = GgufFile::open(&temp_file("version", &bytes)).unwrap_err();
+    let e = GgufFile::open(&scratch.file("version", &bytes)).unwrap_err();
     assert!(e.to_string().contains("version 1"), "{e}");
 }
 
 #[test]
 fn gguf_random_corruption_never_panics() {
+    let scratch = Scratch::new("gguf_random_corruption_never_panics");
     let orig = tiny_bytes();
     let header_end = GgufFile::open(&fixture("gguf_tiny.gguf"))
         .unwrap()
@@ -257,7 +280,7 @@ fn gguf_random_corruption_never_panics() {
             let i = (next() as usize) % header_end;
             bytes[i] = next() as u8;
         }
-        let path = temp_file("fuzz", &bytes);
+        let path = scratch.file("fuzz", &bytes);
         if let Ok(g) = GgufFile::open(&path) {
             for name in g.tensor_names() {
                 let _ = g.tensor_f32(&name);

@@ -1,0 +1,193 @@
+//! [`LocalLlm`]: a Llama-family model run in-process on Burn's CPU backend, behind
+//! [`cielr_core::LanguageModel`].
+//!
+//! A request's messages are rendered with the checkpoint's chat template ([`ChatTemplate`],
+//! falling back to a built-in format), encoded without extra special tokens (as
+//! transformers' `apply_chat_template` does), and answered:
+//! - without a constraint, by [`generate`] until an end token or `max_tokens`;
+//! - with [`Constraint::Choices`], greedily by scoring every choice ([`pick_choice`]: the
+//!   log-probability of its tokens and an end token), or by constrained sampling when the
+//!   temperature is positive;
+//! - with [`Constraint::Json`], by constrained decoding ([`generate_constrained`]), whose
+//!   answer always parses.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cielr_core::backend::CpuBackend;
+use cielr_core::{Constraint, CoreError, GenerationRequest, LanguageModel};
+
+use crate::chat::ChatTemplate;
+use crate::constrained::{generate_constrained, pick_choice};
+use crate::error::PlannerError;
+use crate::generate::{generate, GenerationConfig, LlamaSession, Sampler};
+use crate::gguf::GgufFile;
+use crate::llama::Llama;
+use crate::tokenizer::Tokenizer;
+
+/// A local Llama-family language model (SmolLM2, Llama 3.x, Qwen2/2.5, Qwen3) with its
+/// tokenizer and chat format.
+pub struct LocalLlm {
+    name: String,
+    model: Arc<Llama<CpuBackend>>,
+    session: Mutex<LlamaSession<CpuBackend>>,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    seed: u64,
+}
+
+impl std::fmt::Debug for LocalLlm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalLlm")
+            .field("name", &self.name)
+            .field("config", self.model.config())
+            .finish()
+    }
+}
+
+impl LocalLlm {
+    /// Loads a GGUF file (`.gguf`) or a HuggingFace checkpoint folder (`config.json`,
+    /// safetensors weights, `tokenizer.json`, optionally `tokenizer_config.json` with the
+    /// chat template).
+    pub fn load(path: &Path) -> Result<Self, PlannerError> {
+        if path.is_dir() {
+            Self::from_hf_dir(path)
+        } else {
+            Self::from_gguf(path)
+        }
+    }
+
+    /// Loads a GGUF file: weights, tokenizer and chat template.
+    pub fn from_gguf(path: &Path) -> Result<Self, PlannerError> {
+        let file = GgufFile::open(path)?;
+        let model = Llama::from_gguf(&file, &Default::default())?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let name = file
+            .get_str("general.name")
+            .map(str::to_string)
+            .unwrap_or_else(|| file_stem(path));
+        Self::from_parts(name, model, tokenizer)
+    }
+
+    /// Loads a HuggingFace checkpoint folder.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self, PlannerError> {
+        let model = Llama::from_hf_dir(dir, &Default::default())?;
+        let tokenizer = Tokenizer::from_json_file(&dir.join("tokenizer.json"))?;
+        Self::from_parts(file_stem(dir), model, tokenizer)
+    }
+
+    /// Combines a loaded model and its tokenizer; the chat format comes from the tokenizer.
+    /// An error when the tokenizer has more tokens than the model has embeddings.
+    pub fn from_parts(
+        name: impl Into<String>,
+        model: Llama<CpuBackend>,
+        tokenizer: Tokenizer,
+    ) -> Result<Self, PlannerError> {
+        if tokenizer.vocab_size() > model.config().vocab_size {
+            return Err(PlannerError::Model(format!(
+                "the tokenizer has {} tokens but the model only {} embeddings",
+                tokenizer.vocab_size(),
+                model.config().vocab_size
+            )));
+        }
+        let model = Arc::new(model);
+        Ok(LocalLlm {
+            name: name.into(),
+            session: Mutex::new(LlamaSession::new(model.clone())),
+            template: ChatTemplate::for_tokenizer(&tokenizer),
+            model,
+            tokenizer,
+            seed: 0,
+        })
+    }
+
+    /// The seed of sampling (requests with a positive temperature); 0 by default.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Llama<CpuBackend> {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat format.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// The prompt tokens of a request: the rendered chat, encoded as transformers'
+    /// `apply_chat_template` encodes it (no special tokens added beyond the template's).
+    pub fn prompt_ids(&self, request: &GenerationRequest) -> Result<Vec<u32>, PlannerError> {
+        let rendered = self.template.render(&request.messages, true);
+        let ids = self.tokenizer.encode(&rendered.text, false)?;
+        if ids.is_empty() {
+            return Err(PlannerError::Model("the rendered prompt is empty".into()));
+        }
+        Ok(ids)
+    }
+
+    /// Answers a request synchronously (what [`LanguageModel::complete`] runs).
+    pub fn complete_blocking(&self, request: &GenerationRequest) -> Result<String, PlannerError> {
+        let prompt = self.prompt_ids(request)?;
+        let mut sampler = Sampler::new(request.temperature, 1.0, self.seed);
+        match &request.constraint {
+            None => {
+                let config = GenerationConfig {
+                    max_tokens: request.max_tokens,
+                    stop_tokens: self.tokenizer.eos_ids().to_vec(),
+                    temperature: request.temperature,
+                    top_p: 1.0,
+                    seed: self.seed,
+                };
+                let g = generate(&self.model, &prompt, &config, |_| true)?;
+                self.tokenizer.decode(&g.tokens, true)
+            }
+            Some(constraint) => {
+                let mut session = self
+                    .session
+                    .lock()
+                    .map_err(|_| PlannerError::Model("the model session is poisoned".into()))?;
+                match constraint {
+                    Constraint::Choices(choices) if sampler.is_greedy() => {
+                        let (best, _) =
+                            pick_choice(&mut *session, &self.tokenizer, &prompt, choices, false)?;
+                        Ok(choices[best].clone())
+                    }
+                    _ => generate_constrained(
+                        &mut *session,
+                        &self.tokenizer,
+                        &prompt,
+                        constraint,
+                        request.max_tokens,
+                        &mut sampler,
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "local".into())
+}
+
+#[async_trait]
+impl LanguageModel for LocalLlm {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn complete(&self, request: &GenerationRequest) -> Result<String, CoreError> {
+        self.complete_blocking(request).map_err(CoreError::from)
+    }
+}
