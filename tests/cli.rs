@@ -58,10 +58,14 @@ fn plan_prints_exactly_the_plan_json() {
 
 #[test]
 fn missing_model_and_bad_inputs_tell_the_user_what_to_do() {
+    let empty_home = scratch("home");
+    std::fs::create_dir_all(&empty_home).unwrap();
     let out = cielr()
         .args(["plan", "--scene"])
         .arg(asset("coffee.ssr.json"))
         .arg("remove the cup")
+        .env("HOME", &empty_home)
+        .env("CIELR_SMOLLM2_GGUF", empty_home.join("absent.gguf"))
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -27,8 +27,9 @@ enum Command {
 /// Options shared by the commands that reason.
 #[derive(Args, Debug, Clone)]
 pub struct ReasoningArgs {
-    /// The language model: `scripted:<answers.json>` replays recorded answers.
-    /// Defaults to the CIELR_LLM environment variable.
+    /// The language model: `smollm2` (the default, from the model cache), `local:<model.gguf or
+    /// HuggingFace folder>`, or `scripted:<answers.json>` to replay recorded answers.
+    /// Defaults to the CIELR_LLM environment variable, then `smollm2`.
     #[arg(long, value_name = "SPEC", env = "CIELR_LLM")]
     llm: Option<String>,
     /// Reasoning rounds per step (the last one must choose a target).

@@ -1,20 +1,21 @@
-//! Turning command-line specs into language models and editors.
+//! Turning command-line specs into language models.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use cielr::core::{LanguageModel, ScriptedLanguageModel};
+use cielr::planner::gguf::smollm2_gguf_path;
+use cielr::planner::local::LocalLlm;
 
-const LLM_HELP: &str =
-    "pass --llm scripted:<answers.json> (a JSON array of answers, see docs/cli.md) \
-or set CIELR_LLM; local Burn models and served models are not available in this build yet";
+const LLM_HELP: &str = "use --llm smollm2 (after tools/setup-models.sh fetches it), \
+--llm local:<model.gguf | HuggingFace folder>, or --llm scripted:<answers.json> (see docs/cli.md); \
+CIELR_LLM sets the default";
 
-/// Builds the language model named by `--llm`.
+/// Builds the language model named by `--llm`; without one, the default SmolLM2 model when
+/// it is in the model cache.
 pub fn language_model(spec: Option<&str>) -> anyhow::Result<Arc<dyn LanguageModel>> {
-    let Some(spec) = spec.map(str::trim).filter(|s| !s.is_empty()) else {
-        bail!("no language model is configured: {LLM_HELP}");
-    };
+    let spec = spec.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("smollm2");
     let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
     match kind {
         "scripted" => {
@@ -25,6 +26,24 @@ pub fn language_model(spec: Option<&str>) -> anyhow::Result<Arc<dyn LanguageMode
                 .with_context(|| format!("loading the scripted answers for --llm {spec}"))?;
             Ok(Arc::new(model))
         }
+        "smollm2" => {
+            let path = smollm2_gguf_path().map_err(|e| {
+                anyhow::anyhow!("no language model is configured: the default SmolLM2 model is not in the cache ({e}); {LLM_HELP}")
+            })?;
+            local(&path)
+        }
+        "local" => {
+            if rest.is_empty() {
+                bail!("--llm local needs a path: --llm local:<model.gguf | HuggingFace folder>");
+            }
+            local(Path::new(rest))
+        }
         other => bail!("unknown language model kind {other:?} in --llm {spec:?}: {LLM_HELP}"),
     }
+}
+
+fn local(path: &Path) -> anyhow::Result<Arc<dyn LanguageModel>> {
+    eprintln!("[llm] loading {}", path.display());
+    let model = LocalLlm::load(path).with_context(|| format!("loading the language model {}", path.display()))?;
+    Ok(Arc::new(model))
 }

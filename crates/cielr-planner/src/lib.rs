@@ -1,6 +1,14 @@
 //! `cielr-planner`: the language models the reasoning runs on.
 //!
-//! Unfinished (issue 3): modules are being added one by one; see the issue notes.
+//! - [`llama`]: one decoder for the Llama family (Llama 3.x, Qwen2/2.5, Qwen3, SmolLM2) in
+//!   Burn, configured from the checkpoint's own `config.json` or GGUF metadata, with a KV cache;
+//! - [`weights`]: loading from HuggingFace safetensors folders and GGUF files (names mapped in one place);
+//! - [`gguf`]: a bounded GGUF v2/v3 reader with dequantisation;
+//! - [`tokenizer`] and [`chat`]: tokenizers from `tokenizer.json` or GGUF metadata, chat templates;
+//! - [`generate`] and [`constrained`]: sampling, and decoding restricted to choices or a JSON shape;
+//! - [`local`]: [`local::LocalLlm`], a `cielr_core::LanguageModel` over all of the above.
+//!
+//! Not yet here: the OpenAI-compatible served-model client and CUDA for the local model.
 
 #![warn(missing_docs)]
 

@@ -1,0 +1,264 @@
+//! [`CocoDetectorSceneBuilder`]: an SSR from a COCO detector (CenterNet-MobileNetV3).
+//!
+//! Each detection becomes a [`SceneObject`] with its COCO label, box and score; its region
+//! is the box (`mask: None`; masks come with a segmenter). Depth is a cheap monocular cue,
+//! labelled as such in `Scene::depth_source` (`"vertical-position-cue"`): the lower the
+//! bottom edge of the box in the frame, the nearer the object (`depth = y1 / height`, larger
+//! = nearer, as the SSR format wants). It holds for objects standing on a common ground
+//! plane seen from above the horizon, which is most photos of tables, rooms and streets.
+//!
+//! Queries restrict the SSR to the COCO classes they name (synonyms and plurals are
+//! understood: "mug" finds cups, "people" persons); labels outside COCO find nothing. The
+//! detections of the last few images are cached by a SHA-256 of the pixels, so `refine` with
+//! new labels re-filters them instead of running the network again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use burn::tensor::backend::Backend;
+use cielr_core::backend::CpuBackend;
+use cielr_core::{CoreError, Scene, SceneBuilder, SceneObject};
+use image::RgbImage;
+use sha2::{Digest, Sha256};
+
+use crate::centernet::{CenterNet, DetectOptions, Detection};
+use crate::coco::{coco_class, COCO_LABELS};
+use crate::error::Result;
+use crate::model_cache::ModelCache;
+
+/// The `depth_source` of scenes whose depth is the vertical-position cue.
+pub const VERTICAL_POSITION_CUE: &str = "vertical-position-cue";
+/// How many images' detections are kept for `refine`.
+const CACHED_IMAGES: usize = 8;
+/// A detection and an existing object with the same label and at least this IoU are the
+/// same object when refining.
+const SAME_OBJECT_IOU: f64 = 0.9;
+
+type ImageKey = [u8; 32];
+
+/// A [`SceneBuilder`] over CenterNet's COCO detections.
+pub struct CocoDetectorSceneBuilder<B: Backend = CpuBackend> {
+    detector: CenterNet<B>,
+    options: DetectOptions,
+    cache: Mutex<Vec<(ImageKey, Arc<Vec<Detection>>)>>,
+}
+
+impl<B: Backend> std::fmt::Debug for CocoDetectorSceneBuilder<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CocoDetectorSceneBuilder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> CocoDetectorSceneBuilder<B> {
+    /// Wraps a loaded detector.
+    pub fn new(detector: CenterNet<B>, options: DetectOptions) -> Self {
+        CocoDetectorSceneBuilder {
+            detector,
+            options,
+            cache: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Loads CenterNet from the model cache (see [`ModelCache::centernet_json`]).
+    pub fn from_cache(
+        cache: &ModelCache,
+        options: DetectOptions,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let json = cache.centernet_json()?;
+        Ok(Self::new(CenterNet::load(json, device)?, options))
+    }
+
+    /// The post-processing settings.
+    pub fn options(&self) -> &DetectOptions {
+        &self.options
+    }
+
+    /// The detector.
+    pub fn detector(&self) -> &CenterNet<B> {
+        &self.detector
+    }
+
+    /// All detections of `image` (every class), from the cache when the same pixels were
+    /// seen recently.
+    pub fn detections(&self, image: &RgbImage) -> Result<Arc<Vec<Detection>>> {
+        let key = image_key(image);
+        if let Some(d) = self.cached(&key) {
+            return Ok(d);
+        }
+        let d = Arc::new(self.detector.detect(image, &self.options)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|(k, _)| *k != key);
+        if cache.len() >= CACHED_IMAGES {
+            cache.remove(0);
+        }
+        cache.push((key, d.clone()));
+        Ok(d)
+    }
+
+    fn cached(&self, key: &ImageKey) -> Option<Arc<Vec<Detection>>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let i = cache.iter().position(|(k, _)| k == key)?;
+        let entry = cache.remove(i);
+        let d = entry.1.clone();
+        cache.push(entry);
+        Some(d)
+    }
+}
+
+fn image_key(image: &RgbImage) -> ImageKey {
+    let mut h = Sha256::new();
+    h.update(image.width().to_le_bytes());
+    h.update(image.height().to_le_bytes());
+    h.update(image.as_raw());
+    h.finalize().into()
+}
+
+/// Which COCO classes the queries name, with the query that named each (all classes for no
+/// queries). Queries outside COCO name nothing.
+fn wanted_classes(queries: &[String]) -> BTreeMap<usize, Option<String>> {
+    if queries.is_empty() {
+        return (0..COCO_LABELS.len()).map(|c| (c, None)).collect();
+    }
+    let mut out = BTreeMap::new();
+    for q in queries {
+        if let Some(c) = coco_class(q) {
+            out.entry(c).or_insert_with(|| Some(q.trim().to_string()));
+        }
+    }
+    out
+}
+
+fn vertical_cue(d: &Detection, height: u32) -> f64 {
+    (d.bbox.y1 / height as f64).clamp(0.0, 1.0)
+}
+
+fn object(id: u32, d: &Detection, query: Option<&String>, height: u32, depth: bool) -> SceneObject {
+    let mut o = SceneObject::new(id, d.label, d.bbox);
+    o.score = Some(d.score as f64);
+    if depth {
+        o.depth = Some(vertical_cue(d, height));
+    }
+    if let Some(q) = query.filter(|q| !q.eq_ignore_ascii_case(d.label)) {
+        o.attributes.insert("query".into(), q.clone());
+    }
+    o
+}
+
+fn core_error(e: crate::error::SceneError) -> CoreError {
+    CoreError::SceneBuilder(e.to_string())
+}
+
+#[async_trait]
+impl<B: Backend> SceneBuilder for CocoDetectorSceneBuilder<B>
+where
+    CenterNet<B>: Send + Sync,
+{
+    fn name(&self) -> String {
+        "centernet-mobilenetv3-coco".into()
+    }
+
+    async fn build(&self, image: &RgbImage, queries: &[String]) -> cielr_core::Result<Scene> {
+        let detections = self.detections(image).map_err(core_error)?;
+        let wanted = wanted_classes(queries);
+        let mut scene = Scene::new(image.width(), image.height());
+        // Detections come sorted by descending score.
+        for d in detections.iter() {
+            if let Some(q) = wanted.get(&d.class) {
+                let id = scene.objects.len() as u32;
+                scene
+                    .objects
+                    .push(object(id, d, q.as_ref(), image.height(), true));
+            }
+        }
+        scene.queries = queries.to_vec();
+        scene.depth_source = Some(VERTICAL_POSITION_CUE.into());
+        Ok(scene)
+    }
+
+    async fn refine(
+        &self,
+        image: &RgbImage,
+        scene: &Scene,
+        new_queries: &[String],
+    ) -> cielr_core::Result<Scene> {
+        if (image.width(), image.height()) != (scene.width, scene.height) {
+            return Err(CoreError::SizeMismatch(format!(
+                "the SSR describes a {}x{} image but the image is {}x{}",
+                scene.width,
+                scene.height,
+                image.width(),
+                image.height()
+            )));
+        }
+        let mut out = scene.clone();
+        let mut seen: BTreeSet<String> = out
+            .queries
+            .iter()
+            .map(|q| q.trim().to_lowercase())
+            .collect();
+        for q in new_queries {
+            if seen.insert(q.trim().to_lowercase()) {
+                out.queries.push(q.clone());
+            }
+        }
+        if new_queries.is_empty() {
+            return Ok(out);
+        }
+        let ours = match &scene.depth_source {
+            Some(s) => s == VERTICAL_POSITION_CUE,
+            None => scene.objects.iter().all(|o| o.depth.is_none()),
+        };
+        if ours {
+            out.depth_source = Some(VERTICAL_POSITION_CUE.into());
+        }
+        let detections = self.detections(image).map_err(core_error)?;
+        let wanted = wanted_classes(new_queries);
+        let mut next_id = scene.objects.iter().map(|o| o.id + 1).max().unwrap_or(0);
+        for d in detections.iter() {
+            let Some(q) = wanted.get(&d.class) else {
+                continue;
+            };
+            let present = out
+                .objects
+                .iter()
+                .any(|o| o.label == d.label && o.bbox.iou(&d.bbox) >= SAME_OBJECT_IOU);
+            if present {
+                continue;
+            }
+            out.objects
+                .push(object(next_id, d, q.as_ref(), image.height(), ours));
+            next_id += 1;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cielr_core::BBox;
+
+    #[test]
+    fn queries_select_classes_and_remember_the_words() {
+        let w = wanted_classes(&["Mug".into(), "spaceship".into(), "people".into()]);
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[&41].as_deref(), Some("Mug"));
+        assert_eq!(w[&0].as_deref(), Some("people"));
+        assert_eq!(wanted_classes(&[]).len(), 80);
+        let d = Detection {
+            class: 41,
+            label: "cup",
+            score: 0.5,
+            bbox: BBox::new(10.0, 20.0, 30.0, 300.0),
+        };
+        let o = object(3, &d, Some(&"Mug".to_string()), 400, true);
+        assert_eq!(o.attributes["query"], "Mug");
+        assert_eq!(o.depth, Some(0.75));
+        let o = object(3, &d, Some(&"CUP".to_string()), 400, false);
+        assert!(o.attributes.is_empty() && o.depth.is_none());
+    }
+}
