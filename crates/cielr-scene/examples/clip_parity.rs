@@ -86,7 +86,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load_s = t.elapsed().as_secs_f64();
     let proc = ClipImageProcessor::from_file(dir.join("preprocessor_config.json"))?;
     let coffee = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/coffee.png");
-    let images = vec![image::open(&coffee)?, image::open(dir.join("chelsea_crop.png"))?];
+    let images = vec![
+        image::open(&coffee)?,
+        image::open(dir.join("chelsea_crop.png"))?,
+    ];
     let pre_s = timed(RUNS, || proc.preprocess_batch::<B>(&images, &device));
     let pixels = proc.preprocess_batch::<B>(&images, &device)?;
     report(
@@ -99,15 +102,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (ids, shape) = read_i64(&dir.join("inputs.safetensors"), "input_ids");
     let (mask, _) = read_i64(&dir.join("inputs.safetensors"), "attention_mask");
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [shape[0], shape[1]]), &device);
-    let mask =
-        Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [shape[0], shape[1]]), &device);
+    let mask = Tensor::<B, 2, Int>::from_data(TensorData::new(mask, [shape[0], shape[1]]), &device);
 
     let out = model.forward(ids.clone(), Some(mask.clone()), pixels.clone())?;
     let v = |t: Tensor<B, 2>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
     let v3 = |t: Tensor<B, 3>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
     report("image_embeds", v(out.image_embeds), &refs, "image_embeds");
     report("text_embeds", v(out.text_embeds), &refs, "text_embeds");
-    report("logits_per_image", v(out.logits_per_image), &refs, "logits_per_image");
+    report(
+        "logits_per_image",
+        v(out.logits_per_image),
+        &refs,
+        "logits_per_image",
+    );
     report(
         "vision last_hidden_state",
         v3(out.vision_output.last_hidden_state),
@@ -122,7 +129,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let sync = |t: Tensor<B, 2>| t.into_data();
-    let vision_s = timed(RUNS, || sync(model.get_image_features(pixels.clone()).unwrap()));
+    let vision_s = timed(RUNS, || {
+        sync(model.get_image_features(pixels.clone()).unwrap())
+    });
     let text_s = timed(RUNS, || {
         sync(
             model
@@ -147,7 +156,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for (label, ours, key) in [
         ("preprocess 2 images", pre_s, "preprocess_2_images_s"),
-        ("vision tower + proj, 2 images", vision_s, "vision_2_images_s"),
+        (
+            "vision tower + proj, 2 images",
+            vision_s,
+            "vision_2_images_s",
+        ),
         ("text tower + proj, 3 x 77", text_s, "text_3x77_s"),
         ("CLIPModel forward", all_s, "clip_forward_s"),
     ] {

@@ -314,7 +314,10 @@ fn merged_section(root: &serde_json::Map<String, Value>, section: &str) -> Value
 fn positive(context: &str, pairs: &[(&str, usize)]) -> Result<()> {
     for (name, v) in pairs {
         if *v == 0 {
-            return Err(SceneError::config(context, format!("`{name}` must be positive")));
+            return Err(SceneError::config(
+                context,
+                format!("`{name}` must be positive"),
+            ));
         }
     }
     Ok(())
@@ -327,8 +330,7 @@ impl ClipTextConfig {
         let obj = value
             .as_object()
             .ok_or_else(|| SceneError::config("text config", "not a JSON object"))?;
-        let section = if obj.contains_key("text_config") || obj.contains_key("text_config_dict")
-        {
+        let section = if obj.contains_key("text_config") || obj.contains_key("text_config_dict") {
             merged_section(obj, "text_config")
         } else {
             value.clone()
@@ -382,7 +384,7 @@ impl ClipTextConfig {
                 ("max_position_embeddings", self.max_position_embeddings),
             ],
         )?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(SceneError::config(
                 ctx,
                 format!(
@@ -392,7 +394,10 @@ impl ClipTextConfig {
             ));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(SceneError::config(ctx, "layer_norm_eps must be finite and >= 0"));
+            return Err(SceneError::config(
+                ctx,
+                "layer_norm_eps must be finite and >= 0",
+            ));
         }
         Ok(())
     }
@@ -414,12 +419,12 @@ impl ClipVisionConfig {
         let obj = value
             .as_object()
             .ok_or_else(|| SceneError::config("vision config", "not a JSON object"))?;
-        let section =
-            if obj.contains_key("vision_config") || obj.contains_key("vision_config_dict") {
-                merged_section(obj, "vision_config")
-            } else {
-                value.clone()
-            };
+        let section = if obj.contains_key("vision_config") || obj.contains_key("vision_config_dict")
+        {
+            merged_section(obj, "vision_config")
+        } else {
+            value.clone()
+        };
         let raw: RawVisionConfig =
             serde_json::from_value(section).map_err(|e| SceneError::json("vision config", e))?;
         let ctx = "vision config";
@@ -459,7 +464,7 @@ impl ClipVisionConfig {
                 ("patch_size", self.patch_size),
             ],
         )?;
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(SceneError::config(
                 ctx,
                 format!(
@@ -478,7 +483,10 @@ impl ClipVisionConfig {
             ));
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(SceneError::config(ctx, "layer_norm_eps must be finite and >= 0"));
+            return Err(SceneError::config(
+                ctx,
+                "layer_norm_eps must be finite and >= 0",
+            ));
         }
         Ok(())
     }
@@ -589,7 +597,10 @@ impl Checkpoint {
             let mut shards: Vec<PathBuf> = Vec::new();
             for file in map.values() {
                 let name = file.as_str().ok_or_else(|| {
-                    SceneError::config(path.display().to_string(), "weight_map values must be file names")
+                    SceneError::config(
+                        path.display().to_string(),
+                        "weight_map values must be file names",
+                    )
                 })?;
                 let p = dir.join(name);
                 if !shards.contains(&p) {
@@ -1024,10 +1035,14 @@ impl<B: Backend> ClipVisionTransformer<B> {
         Ok(ClipVisionTransformer {
             class_embedding: Param::from_tensor(e.tensor("class_embedding", [d], device)?),
             patch_embedding,
-            position_embedding: e
-                .pp("position_embedding")
-                .embedding(c.num_positions(), d, device)?,
-            pre_layrnorm: w.pp("pre_layrnorm").layer_norm(d, c.layer_norm_eps, device)?,
+            position_embedding: e.pp("position_embedding").embedding(
+                c.num_positions(),
+                d,
+                device,
+            )?,
+            pre_layrnorm: w
+                .pp("pre_layrnorm")
+                .layer_norm(d, c.layer_norm_eps, device)?,
             encoder: ClipEncoder::load(
                 &w.pp("encoder"),
                 &EncoderDims {
@@ -1040,7 +1055,9 @@ impl<B: Backend> ClipVisionTransformer<B> {
                 },
                 device,
             )?,
-            post_layernorm: w.pp("post_layernorm").layer_norm(d, c.layer_norm_eps, device)?,
+            post_layernorm: w
+                .pp("post_layernorm")
+                .layer_norm(d, c.layer_norm_eps, device)?,
             image_size: c.image_size,
             num_channels: c.num_channels,
             hidden_size: d,
@@ -1457,7 +1474,10 @@ impl<B: Backend> ClipVisionModelWithProjection<B> {
     }
 
     /// The tower's outputs plus `image_embeds` (projected, not normalised), `[batch, proj]`.
-    pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Result<(ClipVisionOutput<B>, Tensor<B, 2>)> {
+    pub fn forward(
+        &self,
+        pixel_values: Tensor<B, 4>,
+    ) -> Result<(ClipVisionOutput<B>, Tensor<B, 2>)> {
         let out = self.vision_model.forward(pixel_values)?;
         let embeds = self.visual_projection.forward(out.pooler_output.clone());
         Ok((out, embeds))
@@ -1496,7 +1516,11 @@ pub struct ClipModel<B: Backend> {
 impl<B: Backend> ClipModel<B> {
     /// Builds the model from a checkpoint's root.
     pub fn load(w: &Weights, config: &ClipConfig, device: &B::Device) -> Result<Self> {
-        let (t, v, p) = (&config.text_config, &config.vision_config, config.projection_dim);
+        let (t, v, p) = (
+            &config.text_config,
+            &config.vision_config,
+            config.projection_dim,
+        );
         let scale = w.checkpoint.read_f32(&w.name("logit_scale"), &[])?;
         Ok(ClipModel {
             text_model: ClipTextTransformer::load(&w.pp("text_model"), t, device)?,
@@ -1507,10 +1531,7 @@ impl<B: Backend> ClipModel<B> {
             text_projection: w
                 .pp("text_projection")
                 .linear(t.hidden_size, p, false, device)?,
-            logit_scale: Param::from_tensor(Tensor::from_data(
-                TensorData::new(scale, [1]),
-                device,
-            )),
+            logit_scale: Param::from_tensor(Tensor::from_data(TensorData::new(scale, [1]), device)),
         })
     }
 
@@ -1731,5 +1752,58 @@ impl ClipTokenizer {
             ids,
             attention_mask,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = cielr_core::backend::CpuBackend;
+
+    #[test]
+    fn activations_match_transformers_values() {
+        let x = [-3.0f32, -1.0, -0.1, 0.0, 0.5, 1.0, 2.5];
+        // transformers.activations.ACT2FN on these inputs (torch 2.15).
+        let cases = [
+            (
+                ClipActivation::QuickGelu,
+                [
+                    -0.0180713, -0.1542042, -0.0457552, 0.0, 0.3503884, 0.8457958, 2.465014,
+                ],
+            ),
+            (
+                ClipActivation::Gelu,
+                [
+                    -0.0040502, -0.1586553, -0.0460172, 0.0, 0.3457312, 0.8413447, 2.4844759,
+                ],
+            ),
+            (
+                ClipActivation::GeluTanh,
+                [
+                    -0.0036374, -0.158808, -0.0460172, 0.0, 0.345714, 0.841192, 2.4849157,
+                ],
+            ),
+        ];
+        let device = Default::default();
+        for (act, expected) in cases {
+            let t = Tensor::<B, 1>::from_data(TensorData::new(x.to_vec(), [x.len()]), &device);
+            let y: Vec<f32> = act.forward(t).into_data().iter::<f32>().collect();
+            for (a, b) in y.iter().zip(expected) {
+                assert!((a - b).abs() < 1e-6, "{act:?}: {a} vs {b}");
+            }
+        }
+        for name in ["gelu_pytorch_tanh", "gelu_fast", "gelu_new"] {
+            let a: ClipActivation = serde_json::from_value(Value::from(name)).unwrap();
+            assert_eq!(a, ClipActivation::GeluTanh);
+        }
+    }
+
+    #[test]
+    fn legacy_eos_selects_argmax_pooling() {
+        let mut c = ClipTextConfig::from_json(&serde_json::json!({})).unwrap();
+        assert_eq!(c.pooling(), TextPooling::FirstEos(49407));
+        c.eos_token_id = 2;
+        assert_eq!(c.pooling(), TextPooling::ArgmaxId);
     }
 }

@@ -1,8 +1,8 @@
 //! `cielr-scene`: perception that builds the SSR (detectors, segmenters, depth).
 //!
-//! Ported so far: CLIP ([`clip`]), with CLIP's image preprocessing ([`preprocess`]); both
-//! match transformers numerically (see `tests/clip_*.rs`). Until a detector is ported, SSRs
-//! come from files through `cielr_core::StaticSceneBuilder`.
+//! CLIP ([`clip`]: `CLIPModel`, its vision and text towers, tokenizer) with CLIP's image
+//! preprocessing ([`preprocess`]), loading HuggingFace checkpoints and matching transformers
+//! numerically (see `tests/clip_*.rs` and `tools/parity/clip*`).
 
 #![warn(missing_docs)]
 

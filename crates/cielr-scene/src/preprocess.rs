@@ -22,7 +22,7 @@ use crate::error::{Result, SceneError};
 /// The mean of OpenAI's CLIP training images, per RGB channel.
 pub const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// The standard deviation of OpenAI's CLIP training images, per RGB channel.
-pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// Pillow's resampling filters, with the integer codes `preprocessor_config.json` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,7 +234,11 @@ fn get_usize(v: &Value, key: &str) -> Result<usize> {
         .ok_or_else(|| cfg_err(format!("`{key}` must be a positive integer, got {v}")))
 }
 
-fn get_triple(obj: &serde_json::Map<String, Value>, key: &str, default: [f32; 3]) -> Result<[f32; 3]> {
+fn get_triple(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    default: [f32; 3],
+) -> Result<[f32; 3]> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Number(n)) => {
@@ -315,9 +319,7 @@ impl ImageProcessorConfig {
                 _ => return Err(cfg_err("`crop_size` needs `height` and `width`")),
             },
             Some(other) => {
-                return Err(cfg_err(format!(
-                    "`crop_size` has an unknown form: {other}"
-                )))
+                return Err(cfg_err(format!("`crop_size` has an unknown form: {other}")))
             }
         };
         let resample = match obj.get("resample") {
@@ -613,7 +615,9 @@ pub fn resize(image: &RgbImage, width: usize, height: usize, filter: Resample) -
         buf = resample_pass(&buf, cur_w, cur_h, &coeffs, Axis::Vertical);
     }
     RgbImage::from_raw(width as u32, height as u32, buf).ok_or_else(|| {
-        SceneError::InvalidInput(format!("resize to {width}x{height} produced a wrong buffer"))
+        SceneError::InvalidInput(format!(
+            "resize to {width}x{height} produced a wrong buffer"
+        ))
     })
 }
 

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use cielr_scene::clip::{
-    Checkpoint, ClipConfig, ClipModel, ClipPadding, ClipTextConfig, ClipTokenizer,
-    ClipVisionConfig,
+    Checkpoint, ClipConfig, ClipModel, ClipPadding, ClipTextConfig, ClipTokenizer, ClipVisionConfig,
 };
 use cielr_scene::SceneError;
 use clip_common::*;
@@ -26,7 +25,9 @@ fn edited_checkpoint(edit: impl Fn(&str) -> Option<(Dtype, Vec<usize>, Vec<u8>)>
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, view) in st.tensors() {
         match edit(&name) {
-            Some((dtype, shape, data)) if !data.is_empty() => owned.push((name, dtype, shape, data)),
+            Some((dtype, shape, data)) if !data.is_empty() => {
+                owned.push((name, dtype, shape, data))
+            }
             Some(_) => {} // dropped
             None => owned.push((
                 name,
@@ -52,7 +53,11 @@ fn clip_missing_and_misshapen_tensors_are_named() {
     });
     let err = ClipModel::<B>::load(&ckpt.weights(), &config, &device()).unwrap_err();
     assert!(matches!(err, SceneError::MissingTensor { .. }), "{err}");
-    assert!(err.to_string().contains("vision_model.post_layernorm.weight"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("vision_model.post_layernorm.weight"),
+        "{err}"
+    );
 
     let mut cfg = fixture_config();
     cfg["vision_config"]["intermediate_size"] = json!(65);
@@ -90,7 +95,10 @@ fn clip_bf16_and_f64_tensors_convert_to_f32() {
         .flat_map(|&v| (v as f64).to_le_bytes())
         .collect();
     let views = vec![
-        ("a", TensorView::new(Dtype::BF16, vec![2, 2], &bf16).unwrap()),
+        (
+            "a",
+            TensorView::new(Dtype::BF16, vec![2, 2], &bf16).unwrap(),
+        ),
         ("b", TensorView::new(Dtype::F64, vec![4], &f64s).unwrap()),
     ];
     let bytes = safetensors::serialize(views, None).unwrap();
@@ -135,13 +143,19 @@ fn clip_bad_files_and_configs_are_errors() {
     c["vision_config"]["image_size"] = json!([32, 48]);
     assert!(ClipConfig::from_json(&c).is_err());
     c["vision_config"]["image_size"] = json!([32, 32]);
-    assert_eq!(ClipConfig::from_json(&c).unwrap().vision_config.image_size, 32);
+    assert_eq!(
+        ClipConfig::from_json(&c).unwrap().vision_config.image_size,
+        32
+    );
 
     let mut c = fixture_config();
     c["text_config"]["eos_token_id"] = json!([2, 3]);
     assert!(ClipConfig::from_json(&c).is_err());
     c["text_config"]["eos_token_id"] = json!([7]);
-    assert_eq!(ClipConfig::from_json(&c).unwrap().text_config.eos_token_id, 7);
+    assert_eq!(
+        ClipConfig::from_json(&c).unwrap().text_config.eos_token_id,
+        7
+    );
 
     let mut c = fixture_config();
     c["vision_config"]["patch_size"] = json!(64);
@@ -151,11 +165,17 @@ fn clip_bad_files_and_configs_are_errors() {
     let text_only = json!({"hidden_size": 64, "num_attention_heads": 4});
     assert!(ClipConfig::from_json(&text_only).is_err());
     let t = ClipTextConfig::from_json(&text_only).unwrap();
-    assert_eq!((t.hidden_size, t.vocab_size, t.eos_token_id), (64, 49408, 49407));
+    assert_eq!(
+        (t.hidden_size, t.vocab_size, t.eos_token_id),
+        (64, 49408, 49407)
+    );
 
     // Defaults are clip-vit-base-patch32's; legacy `*_config_dict` keys override.
     let v = ClipVisionConfig::from_json(&json!({})).unwrap();
-    assert_eq!((v.hidden_size, v.patch_size, v.num_positions()), (768, 32, 50));
+    assert_eq!(
+        (v.hidden_size, v.patch_size, v.num_positions()),
+        (768, 32, 50)
+    );
     let legacy = json!({"text_config": {}, "text_config_dict": {"hidden_size": 256, "num_attention_heads": 4}, "vision_config_dict": {"patch_size": 16}});
     let c = ClipConfig::from_json(&legacy).unwrap();
     assert_eq!(c.text_config.hidden_size, 256);
@@ -216,11 +236,17 @@ fn clip_tokenizer_options_and_errors() {
     let len = b.ids[1].len();
     assert!(b.ids.iter().all(|r| r.len() == len));
     assert_eq!(b.attention_mask[1], vec![1; len]);
-    assert_eq!(*b.ids[1].last().unwrap(), tok.token_to_id("<|endoftext|>").unwrap());
+    assert_eq!(
+        *b.ids[1].last().unwrap(),
+        tok.token_to_id("<|endoftext|>").unwrap()
+    );
     assert_eq!(b.ids[0][0], tok.token_to_id("<|startoftext|>").unwrap());
     // Truncation keeps EOS last.
     let long = "a photo of a cat ".repeat(20);
-    let b = ClipTokenizer::from_file(&path, 8).unwrap().encode(&[&long]).unwrap();
+    let b = ClipTokenizer::from_file(&path, 8)
+        .unwrap()
+        .encode(&[&long])
+        .unwrap();
     assert_eq!(b.ids[0].len(), 8);
     assert_eq!(b.ids[0][7], tok.token_to_id("<|endoftext|>").unwrap());
 }

@@ -49,7 +49,10 @@ fn check_clip_fixture(name: &str, expected_pooling: fn(&ClipTextConfig) -> bool)
         .map(|&x| x as i64)
         .collect();
     assert_eq!(ours_ids, inputs["input_ids"].i64, "{name}: input_ids");
-    assert_eq!(ours_mask, inputs["attention_mask"].i64, "{name}: attention_mask");
+    assert_eq!(
+        ours_mask, inputs["attention_mask"].i64,
+        "{name}: attention_mask"
+    );
 
     // Image processor on the two photos.
     let proc = ClipImageProcessor::from_file(dir.join("preprocessor_config.json")).unwrap();
@@ -66,15 +69,28 @@ fn check_clip_fixture(name: &str, expected_pooling: fn(&ClipTextConfig) -> bool)
     );
 
     let config = cielr_scene::clip::ClipConfig::from_file(dir.join("config.json")).unwrap();
-    assert!(expected_pooling(&config.text_config), "{name}: pooling rule");
+    assert!(
+        expected_pooling(&config.text_config),
+        "{name}: pooling rule"
+    );
     let model = ClipModel::<B>::from_pretrained(&dir, &device()).unwrap();
     let ids = batch.input_ids::<B>(&device());
     let mask = batch.attention_mask::<B>(&device());
     let out = model
         .forward(ids.clone(), Some(mask.clone()), pixels.clone())
         .unwrap();
-    compare(&format!("{name} image_embeds"), out.image_embeds, &refs["image_embeds"], TOL);
-    compare(&format!("{name} text_embeds"), out.text_embeds, &refs["text_embeds"], TOL);
+    compare(
+        &format!("{name} image_embeds"),
+        out.image_embeds,
+        &refs["image_embeds"],
+        TOL,
+    );
+    compare(
+        &format!("{name} text_embeds"),
+        out.text_embeds,
+        &refs["text_embeds"],
+        TOL,
+    );
     compare(
         &format!("{name} logits_per_image"),
         out.logits_per_image,
@@ -170,4 +186,63 @@ fn clip_tiny_gelu_f16_matches_transformers() {
     check_clip_fixture("clip-tiny-gelu", |c| {
         matches!(c.pooling(), TextPooling::FirstEos(129))
     });
+}
+
+#[test]
+fn clip_vision_with_projection_and_sharded_checkpoint() {
+    use cielr_scene::clip::ClipVisionModelWithProjection;
+
+    let dir = fixture("clip-tiny-quickgelu");
+    let inputs = read_refs(dir.join("inputs.safetensors"));
+    let refs = read_refs(dir.join("reference.safetensors"));
+    let pixels = float_tensor::<4>(&inputs["pixel_values"]);
+
+    // CLIPVisionModelWithProjection-style loading from a CLIPModel folder.
+    let vision = ClipVisionModelWithProjection::<B>::from_pretrained(&dir, &device()).unwrap();
+    let (_, embeds) = vision.forward(pixels.clone()).unwrap();
+    let norm = (embeds.clone() * embeds.clone()).sum_dim(1).sqrt();
+    compare(
+        "vision-with-projection image_embeds",
+        embeds / norm,
+        &refs["image_embeds"],
+        TOL,
+    );
+
+    // The same weights split over two shards with a model.safetensors.index.json.
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shard_dir = std::env::temp_dir().join(format!("cielr-clip-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&shard_dir).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    let tensors = st.tensors();
+    for (i, part) in tensors.chunks(tensors.len() / 2 + 1).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        for (name, _) in part {
+            weight_map.insert(name.clone(), Value::from(file.clone()));
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part.to_vec();
+        std::fs::write(
+            shard_dir.join(&file),
+            safetensors::serialize(views, None).unwrap(),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        shard_dir.join("model.safetensors.index.json"),
+        serde_json::to_string(&serde_json::json!({"metadata": {}, "weight_map": weight_map}))
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(dir.join("config.json"), shard_dir.join("config.json")).unwrap();
+    let model = ClipModel::<B>::from_pretrained(&shard_dir, &device()).unwrap();
+    let ids = int_tensor::<2>(&inputs["input_ids"]);
+    let mask = int_tensor::<2>(&inputs["attention_mask"]);
+    let out = model.forward(ids, Some(mask), pixels).unwrap();
+    compare(
+        "sharded checkpoint logits_per_image",
+        out.logits_per_image,
+        &refs["logits_per_image"],
+        TOL,
+    );
+    std::fs::remove_dir_all(&shard_dir).ok();
 }

@@ -54,9 +54,9 @@ fn clip_preprocess_224_is_byte_exact_on_coffee() {
         let src = entry["image"].as_str().unwrap();
         let img = load_source(src);
         let ours = proc.resize_and_crop(&img).unwrap();
-        let reference = image::open(fixture("clip-preprocess").join(
-            entry["uint8_reference"].as_str().unwrap(),
-        ))
+        let reference = image::open(
+            fixture("clip-preprocess").join(entry["uint8_reference"].as_str().unwrap()),
+        )
         .unwrap()
         .to_rgb8();
         assert_eq!(ours.dimensions(), (224, 224));
@@ -73,7 +73,10 @@ fn clip_preprocess_224_is_byte_exact_on_coffee() {
             .map(|(&a, &b)| (a as i32 - b as i32).abs())
             .max()
             .unwrap();
-        println!("{src} 224: u8 values differing {differing} / {}, max diff {max_diff}", ours.len());
+        println!(
+            "{src} 224: u8 values differing {differing} / {}, max diff {max_diff}",
+            ours.len()
+        );
         assert_eq!(differing, 0, "{src}: resize + crop differs from PIL");
 
         let pv = proc.preprocess(&img).unwrap();
@@ -81,7 +84,9 @@ fn clip_preprocess_224_is_byte_exact_on_coffee() {
         let abs_sum: f64 = pv.data.iter().map(|&x| x.abs() as f64).sum();
         let ref_sum = entry["sum"].as_f64().unwrap();
         let ref_abs = entry["abs_sum"].as_f64().unwrap();
-        println!("{src} 224: sum {sum:.6} (ref {ref_sum:.6}), abs sum {abs_sum:.6} (ref {ref_abs:.6})");
+        println!(
+            "{src} 224: sum {sum:.6} (ref {ref_sum:.6}), abs sum {abs_sum:.6} (ref {ref_abs:.6})"
+        );
         assert!((sum - ref_sum).abs() < 1e-2 && (abs_sum - ref_abs).abs() < 1e-2);
         let first: Vec<f32> = entry["first"]
             .as_array()
@@ -89,14 +94,19 @@ fn clip_preprocess_224_is_byte_exact_on_coffee() {
             .iter()
             .map(|v| v.as_f64().unwrap() as f32)
             .collect();
-        compare_slices(&format!("preprocess {src} 224 (first 16)"), &pv.data[..16], &first, 1e-6);
+        compare_slices(
+            &format!("preprocess {src} 224 (first 16)"),
+            &pv.data[..16],
+            &first,
+            1e-6,
+        );
     }
 }
 
 #[test]
 fn clip_preprocess_batch_and_errors() {
-    let proc = ClipImageProcessor::from_file(fixture("clip-tiny-gelu/preprocessor_config.json"))
-        .unwrap();
+    let proc =
+        ClipImageProcessor::from_file(fixture("clip-tiny-gelu/preprocessor_config.json")).unwrap();
     let coffee = load_source("coffee");
     let chelsea = load_source("chelsea_crop");
     let batch = proc

@@ -103,6 +103,9 @@ pub fn compare<const D: usize>(label: &str, ours: Tensor<B, D>, reference: &Ref,
 
 pub fn compare_slices(label: &str, ours: &[f32], reference: &[f32], tol: f32) {
     let (abs, rel) = errors(ours, reference);
-    println!("{label:<48} max abs {abs:.3e}  max rel {rel:.3e}  (n = {})", ours.len());
+    println!(
+        "{label:<48} max abs {abs:.3e}  max rel {rel:.3e}  (n = {})",
+        ours.len()
+    );
     assert!(abs <= tol, "{label}: max abs error {abs} > {tol}");
 }
