@@ -22,7 +22,7 @@
 //!     {"id": 1, "label": "speaker", "bbox": [40, 60, 110, 220]}]}"#)?;
 //! // Any `LanguageModel` works here: a local Burn model, a served one, or a script.
 //! let model = ScriptedLanguageModel::from_texts([
-//!     r#"{"steps": ["What makes the TV louder? Remove it."]}"#, // split
+//!     "no",                                                      // several edits?
 //!     "remove",                                                  // classify
 //!     "yes",                                                     // judge: the SSR is enough
 //!     r#"{"targets": [1]}"#,                                     // choose targets

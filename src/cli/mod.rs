@@ -35,9 +35,41 @@ pub struct ReasoningArgs {
     /// Reasoning rounds per step (the last one must choose a target).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     rounds: u32,
+    /// How the model names its targets: `ids` (JSON, several objects possible), `name` (one
+    /// object chosen by name; more reliable for small models) or `auto` (name for local
+    /// models, ids otherwise).
+    #[arg(long, value_enum, default_value_t = TargetArg::Auto)]
+    targets: TargetArg,
     /// Extra labels the scene builder looks for at first (repeatable).
     #[arg(long = "query", value_name = "LABEL")]
     queries: Vec<String>,
+}
+
+/// `--targets`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetArg {
+    /// Name for local models, ids otherwise.
+    Auto,
+    /// JSON ids.
+    Ids,
+    /// One object by name.
+    Name,
+}
+
+impl ReasoningArgs {
+    /// The planner these options describe over `chosen`.
+    fn planner(&self, chosen: &models::ChosenModel) -> cielr::core::CielrPlanner {
+        let targets = match self.targets {
+            TargetArg::Auto => chosen.targets,
+            TargetArg::Ids => cielr::core::TargetSelection::Ids,
+            TargetArg::Name => cielr::core::TargetSelection::Name,
+        };
+        let options = cielr::core::ReasoningOptions {
+            targets,
+            ..Default::default()
+        };
+        cielr::core::CielrPlanner::with_options(chosen.model.clone(), options)
+    }
 }
 
 /// An SSR file argument.

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use cielr::core::{LanguageModel, ScriptedLanguageModel};
+use cielr::core::{LanguageModel, ScriptedLanguageModel, TargetSelection};
 use cielr::planner::gguf::smollm2_gguf_path;
 use cielr::planner::local::LocalLlm;
 
@@ -12,10 +12,21 @@ const LLM_HELP: &str = "use --llm smollm2 (after tools/setup-models.sh fetches i
 --llm local:<model.gguf | HuggingFace folder>, or --llm scripted:<answers.json> (see docs/cli.md); \
 CIELR_LLM sets the default";
 
+/// A language model and how its targets are best asked for.
+pub struct ChosenModel {
+    /// The model.
+    pub model: Arc<dyn LanguageModel>,
+    /// Ids for capable or scripted models; names (a choice) for small local ones.
+    pub targets: TargetSelection,
+}
+
 /// Builds the language model named by `--llm`; without one, the default SmolLM2 model when
 /// it is in the model cache.
-pub fn language_model(spec: Option<&str>) -> anyhow::Result<Arc<dyn LanguageModel>> {
-    let spec = spec.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("smollm2");
+pub fn language_model(spec: Option<&str>) -> anyhow::Result<ChosenModel> {
+    let spec = spec
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("smollm2");
     let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
     match kind {
         "scripted" => {
@@ -24,7 +35,10 @@ pub fn language_model(spec: Option<&str>) -> anyhow::Result<Arc<dyn LanguageMode
             }
             let model = ScriptedLanguageModel::load(Path::new(rest))
                 .with_context(|| format!("loading the scripted answers for --llm {spec}"))?;
-            Ok(Arc::new(model))
+            Ok(ChosenModel {
+                model: Arc::new(model),
+                targets: TargetSelection::Ids,
+            })
         }
         "smollm2" => {
             let path = smollm2_gguf_path().map_err(|e| {
@@ -42,8 +56,12 @@ pub fn language_model(spec: Option<&str>) -> anyhow::Result<Arc<dyn LanguageMode
     }
 }
 
-fn local(path: &Path) -> anyhow::Result<Arc<dyn LanguageModel>> {
+fn local(path: &Path) -> anyhow::Result<ChosenModel> {
     eprintln!("[llm] loading {}", path.display());
-    let model = LocalLlm::load(path).with_context(|| format!("loading the language model {}", path.display()))?;
-    Ok(Arc::new(model))
+    let model = LocalLlm::load(path)
+        .with_context(|| format!("loading the language model {}", path.display()))?;
+    Ok(ChosenModel {
+        model: Arc::new(model),
+        targets: TargetSelection::Name,
+    })
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cielr::core::pipeline::{plan, Refiner};
-use cielr::core::{CielrPlanner, Scene};
+use cielr::core::Scene;
 use clap::Args;
 
 use super::{models, progress, ReasoningArgs};
@@ -27,8 +27,8 @@ pub struct PlanArgs {
 /// Runs `cielr plan`.
 pub fn run(a: PlanArgs) -> anyhow::Result<()> {
     let scene = Scene::load(&a.scene).context("reading the SSR given by --scene")?;
-    let model = models::language_model(a.reasoning.llm.as_deref())?;
-    let planner = CielrPlanner::new(model);
+    let chosen = models::language_model(a.reasoning.llm.as_deref())?;
+    let planner = a.reasoning.planner(&chosen);
     let out = pollster::block_on(plan(
         &planner,
         Refiner::None,

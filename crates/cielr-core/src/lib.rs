@@ -37,7 +37,7 @@ pub use llm::{
 pub use mask::{CocoRle, Mask};
 pub use pipeline::{Pipeline, PipelineOptions, PipelineOutput, ProgressEvent};
 pub use plan::{EditAction, EditOp, Plan, TraceEntry};
-pub use reasoning::{CielrPlanner, ReasoningOptions};
+pub use reasoning::{CielrPlanner, ReasoningOptions, TargetSelection};
 pub use scene::{Scene, SceneObject};
 pub use spatial::{Relation, SpatialQuery};
 pub use traits::{

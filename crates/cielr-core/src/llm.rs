@@ -66,10 +66,12 @@ pub enum JsonShape {
     Integer,
     /// One of these strings.
     Enum(Vec<String>),
-    /// An array of elements of one shape, with at most `max_items` elements.
+    /// An array of elements of one shape, with `min_items..=max_items` elements.
     Array {
         /// Element shape.
         items: Box<JsonShape>,
+        /// Lower bound on the length (0: the empty array is fine).
+        min_items: usize,
         /// Upper bound on the length.
         max_items: usize,
     },
@@ -78,10 +80,18 @@ pub enum JsonShape {
 }
 
 impl JsonShape {
-    /// An array shape.
+    /// An array shape with at most `max_items` elements (possibly none).
     pub fn array(items: JsonShape, max_items: usize) -> Self {
+        Self::array_between(items, 0, max_items)
+    }
+
+    /// An array shape with `min_items..=max_items` elements. A shape whose `min_items`
+    /// exceeds `max_items` accepts no value ([`JsonShape::check`] says why, and constrained
+    /// decoders refuse to compile it).
+    pub fn array_between(items: JsonShape, min_items: usize, max_items: usize) -> Self {
         JsonShape::Array {
             items: Box::new(items),
+            min_items,
             max_items,
         }
     }
@@ -102,8 +112,12 @@ impl JsonShape {
             JsonShape::String => serde_json::json!({"type": "string"}),
             JsonShape::Integer => serde_json::json!({"type": "integer"}),
             JsonShape::Enum(v) => serde_json::json!({"type": "string", "enum": v}),
-            JsonShape::Array { items, max_items } => {
-                serde_json::json!({"type": "array", "items": items.to_json_schema(), "maxItems": max_items})
+            JsonShape::Array {
+                items,
+                min_items,
+                max_items,
+            } => {
+                serde_json::json!({"type": "array", "items": items.to_json_schema(), "minItems": min_items, "maxItems": max_items})
             }
             JsonShape::Object(fields) => {
                 let props: serde_json::Map<String, Value> = fields
@@ -127,7 +141,26 @@ impl JsonShape {
             (JsonShape::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
             (JsonShape::Enum(choices), Value::String(s)) if choices.contains(s) => Ok(()),
             (JsonShape::Enum(choices), _) => Err(format!("{path} must be one of {choices:?}")),
-            (JsonShape::Array { items, max_items }, Value::Array(a)) => {
+            (
+                JsonShape::Array {
+                    items,
+                    min_items,
+                    max_items,
+                },
+                Value::Array(a),
+            ) => {
+                if min_items > max_items {
+                    return Err(format!(
+                        "{path} cannot be satisfied: the shape asks for at least {min_items} \
+                         and at most {max_items} items"
+                    ));
+                }
+                if a.len() < *min_items {
+                    return Err(format!(
+                        "{path} has {} items, at least {min_items} required",
+                        a.len()
+                    ));
+                }
                 if a.len() > *max_items {
                     return Err(format!(
                         "{path} has {} items, at most {max_items} allowed",
@@ -393,6 +426,44 @@ mod tests {
         assert!(e.parse("{\"r\": \"b\"}").is_err());
         let schema = e_schema();
         assert_eq!(schema["properties"]["r"]["enum"][0], "a");
+    }
+
+    #[test]
+    fn arrays_have_a_lower_bound() {
+        let shape = JsonShape::object([("t", JsonShape::array_between(JsonShape::Integer, 2, 3))]);
+        let c = Constraint::Json(shape.clone());
+        assert!(c
+            .parse("{\"t\": [1]}")
+            .unwrap_err()
+            .contains("$.t has 1 items, at least 2 required"));
+        assert!(c.parse("{\"t\": []}").unwrap_err().contains("at least 2"));
+        assert!(c.parse("{\"t\": [1, 2]}").is_ok());
+        assert!(c
+            .parse("{\"t\": [1, 2, 3, 4]}")
+            .unwrap_err()
+            .contains("at most 3"));
+        let schema = shape.to_json_schema();
+        assert_eq!(schema["properties"]["t"]["minItems"], 2);
+        assert_eq!(schema["properties"]["t"]["maxItems"], 3);
+        // `array` keeps meaning "at most".
+        assert_eq!(
+            JsonShape::array(JsonShape::String, 4),
+            JsonShape::Array {
+                items: Box::new(JsonShape::String),
+                min_items: 0,
+                max_items: 4
+            }
+        );
+        assert_eq!(
+            JsonShape::array(JsonShape::String, 4).to_json_schema()["minItems"],
+            0
+        );
+        // An impossible shape says so.
+        let bad = JsonShape::array_between(JsonShape::Integer, 3, 1);
+        assert!(bad
+            .check(&serde_json::json!([1, 2]))
+            .unwrap_err()
+            .contains("cannot be satisfied"));
     }
 
     fn e_schema() -> Value {

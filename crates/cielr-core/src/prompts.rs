@@ -21,12 +21,20 @@ fn scene_block(scene: &Scene, facts: &[String]) -> String {
     s
 }
 
-/// Asks whether an instruction holds several edits, and to split it.
+/// Asks whether an instruction holds several edits.
+pub fn is_multi_step(instruction: &str) -> String {
+    format!(
+        "Instruction: {instruction}\n\nDoes this instruction ask for two or more separate edits \
+(for example \"remove the cup, then make the table white\")? A question followed by one action \
+is a single edit. Answer yes or no."
+    )
+}
+
+/// Asks to split an instruction that holds several edits.
 pub fn split(instruction: &str) -> String {
     format!(
-        "Instruction: {instruction}\n\nDoes this instruction ask for more than one edit? List the \
-separate edits in order, each written as a complete instruction on its own. An instruction with \
-a single edit gives a list of one. Answer as JSON: {{\"steps\": [\"...\"]}}"
+        "Instruction: {instruction}\n\nThis instruction asks for several edits. List them in order, \
+each written as a complete instruction on its own. Answer as JSON: {{\"steps\": [\"...\"]}}"
     )
 }
 
@@ -38,6 +46,9 @@ pub fn classify(instruction: &str) -> String {
 - replace: turn an object into something else\n\
 - recolor: change only the colour of an object\n\
 - add: put a new object into the image\n\
+Examples: \"What is used for cutting here? Get rid of it.\" is remove; \"Which animal barks? \
+Turn it into a cat.\" is replace; \"Make the car on the left red.\" is recolor; \"Put a vase \
+on the table.\" is add.\n\
 Answer with one word: remove, replace, recolor or add."
     )
 }
@@ -95,6 +106,25 @@ pub fn choose_targets(instruction: &str, op: EditOp, scene: &Scene, facts: &[Str
     format!(
         "{}\nInstruction: {instruction}\n\n{what} Answer as JSON: {{\"targets\": [ids]}}",
         scene_block(scene, facts)
+    )
+}
+
+/// Asks for one target object by name (a choice among `names`).
+pub fn choose_target_name(
+    instruction: &str,
+    op: EditOp,
+    scene: &Scene,
+    facts: &[String],
+    names: &[&str],
+) -> String {
+    let what = match op {
+        EditOp::Add => "Which object marks the place where the new object should go?",
+        _ => "Which object does the instruction mean to edit?",
+    };
+    format!(
+        "{}\nInstruction: {instruction}\n\n{what} Answer with its name exactly as listed: {}.",
+        scene_block(scene, facts),
+        names.join(", ")
     )
 }
 

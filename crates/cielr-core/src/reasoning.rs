@@ -29,6 +29,19 @@ pub struct ReasoningOptions {
     pub max_targets: usize,
     /// Token bound for each answer.
     pub max_tokens: usize,
+    /// How targets are chosen.
+    pub targets: TargetSelection,
+}
+
+/// How the planner asks for the target objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSelection {
+    /// JSON `{"targets": [ids]}`: one or several objects (the paper's form).
+    #[default]
+    Ids,
+    /// One object, picked by name from the listed objects (a choice, which small local
+    /// models answer far more reliably than ids; duplicated labels carry their id).
+    Name,
 }
 
 impl Default for ReasoningOptions {
@@ -39,6 +52,7 @@ impl Default for ReasoningOptions {
             max_steps: 4,
             max_targets: 8,
             max_tokens: 128,
+            targets: TargetSelection::Ids,
         }
     }
 }
@@ -130,6 +144,9 @@ impl CielrPlanner {
                 "the SSR has no objects, so there is nothing to choose; check the scene builder's queries".into(),
             ));
         }
+        if self.options.targets == TargetSelection::Name {
+            return self.target_by_name(input, trace).await;
+        }
         let shape = JsonShape::object([(
             "targets",
             JsonShape::array(JsonShape::Integer, self.options.max_targets),
@@ -161,6 +178,31 @@ impl CielrPlanner {
         let mut seen = std::collections::HashSet::new();
         ids.retain(|id| seen.insert(*id));
         Ok(ids)
+    }
+
+    async fn target_by_name(
+        &self,
+        input: &RoundInput<'_>,
+        trace: &mut Vec<TraceEntry>,
+    ) -> Result<Vec<u32>> {
+        let names = object_names(input.scene);
+        let choices: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+        let question = prompts::choose_target_name(
+            input.instruction,
+            input.op,
+            input.scene,
+            input.facts,
+            &choices,
+        );
+        let answer = self
+            .choose("choose_target", question, &choices, trace)
+            .await?;
+        let id = names
+            .iter()
+            .find(|(_, n)| *n == answer)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| CoreError::LanguageModel(format!("unknown object name {answer:?}")))?;
+        Ok(vec![id])
     }
 
     async fn prompt_for(
@@ -270,6 +312,23 @@ impl CielrPlanner {
     }
 }
 
+/// A distinct name per object: its label, with the id added when the label repeats.
+fn object_names(scene: &Scene) -> Vec<(u32, String)> {
+    scene
+        .objects
+        .iter()
+        .map(|o| {
+            let repeated = scene.objects.iter().filter(|p| p.label == o.label).count() > 1;
+            let name = if repeated {
+                format!("{} {}", o.label, o.id)
+            } else {
+                o.label.clone()
+            };
+            (o.id, name)
+        })
+        .collect()
+}
+
 fn ids_of(v: &Value) -> Vec<u32> {
     let key = if v.get("targets").is_some() {
         "targets"
@@ -291,11 +350,23 @@ fn labels_of(v: &Value) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for l in v["labels"].as_array().into_iter().flatten() {
         let l = l.as_str().unwrap_or_default().trim().to_lowercase();
-        if !l.is_empty() && l.chars().count() <= 40 && !out.contains(&l) {
+        let wordy = l.chars().any(char::is_alphabetic);
+        if wordy && l.chars().count() <= 40 && !out.contains(&l) {
             out.push(l);
         }
     }
     out
+}
+
+fn steps_of(v: &Value) -> Vec<String> {
+    v["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn query_of(v: &Value) -> SpatialQuery {
@@ -321,21 +392,31 @@ impl Planner for CielrPlanner {
     }
 
     async fn split(&self, instruction: &str, trace: &mut Vec<TraceEntry>) -> Result<Vec<String>> {
+        // Asking yes/no first keeps small models from mangling single-edit instructions.
+        let multi = self
+            .choose(
+                "multi_step",
+                prompts::is_multi_step(instruction),
+                &["no", "yes"],
+                trace,
+            )
+            .await?;
+        if multi == "no" {
+            return Ok(vec![instruction.to_string()]);
+        }
         let max = self.options.max_steps;
-        let shape = JsonShape::object([("steps", JsonShape::array(JsonShape::String, max))]);
+        let shape = JsonShape::object([(
+            "steps",
+            JsonShape::array_between(JsonShape::String, 2, max.max(2)),
+        )]);
         let check = |v: &Value| -> std::result::Result<(), String> {
-            let n = v["steps"].as_array().map_or(0, |a| {
-                a.iter()
-                    .filter(|s| s.as_str().is_some_and(|s| !s.trim().is_empty()))
-                    .count()
-            });
-            if n == 0 {
-                Err("steps must list at least one instruction".into())
+            if steps_of(v).len() < 2 {
+                Err("steps must list at least two non-empty instructions".into())
             } else {
                 Ok(())
             }
         };
-        let v = self
+        let answer = self
             .ask(
                 "split",
                 prompts::split(instruction),
@@ -343,17 +424,23 @@ impl Planner for CielrPlanner {
                 &check,
                 trace,
             )
-            .await?;
-        let steps: Vec<String> = v["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str())
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
+            .await;
+        let v = match answer {
+            Ok(v) => v,
+            Err(CoreError::LanguageModel(reason)) => {
+                // Degrade to one step rather than failing the whole plan; the trace says so.
+                trace.push(TraceEntry::Note {
+                    message: format!(
+                        "the split failed ({reason}); planning the instruction as one step"
+                    ),
+                });
+                return Ok(vec![instruction.to_string()]);
+            }
+            Err(e) => return Err(e),
+        };
+        let steps = steps_of(&v);
         if steps.len() == 1 {
-            // One edit: keep the user's own words rather than the model's paraphrase.
+            // One edit after all: keep the user's own words rather than the model's paraphrase.
             return Ok(vec![instruction.to_string()]);
         }
         Ok(steps)

@@ -129,7 +129,7 @@ fn room() -> Arc<CatalogueBuilder> {
 #[test]
 fn enough_information_chooses_in_the_first_round_and_keeps_outside_pixels() {
     let script = vec![
-        step("split", r#"{"steps": ["Remove the sofa."]}"#),
+        step("multi_step", "No."),
         step("classify", "remove"),
         step("judge", "yes"),
         step("choose_targets", r#"{"targets": [1]}"#),
@@ -146,7 +146,7 @@ fn enough_information_chooses_in_the_first_round_and_keeps_outside_pixels() {
     );
     assert_eq!(
         steps_asked(&model),
-        ["split", "classify", "judge", "choose_targets"]
+        ["multi_step", "classify", "judge", "choose_targets"]
     );
     assert_eq!(out.scenes.len(), 1);
     let mask = &out.masks[0];
@@ -167,7 +167,7 @@ fn enough_information_chooses_in_the_first_round_and_keeps_outside_pixels() {
             );
         }
     }
-    // The split kept the user's words for a single step.
+    // A single edit keeps the user's words.
     let classify = &model.requests()[1];
     assert!(classify.messages[1]
         .content
@@ -178,7 +178,7 @@ fn enough_information_chooses_in_the_first_round_and_keeps_outside_pixels() {
 fn semantic_refinement_rebuilds_the_ssr() {
     let builder = room();
     let script = vec![
-        step("split", r#"{"steps": ["x"]}"#),
+        step("multi_step", "no"),
         step("classify", "replace"),
         step("judge", "no"),
         step("missing", "semantic"),
@@ -226,7 +226,7 @@ fn semantic_refinement_rebuilds_the_ssr() {
 #[test]
 fn spatial_questions_are_answered_by_typed_operations() {
     let script = vec![
-        step("split", r#"{"steps": ["x"]}"#),
+        step("multi_step", "no"),
         step("classify", "recolor"),
         step("judge", "no"),
         step("missing", "spatial"),
@@ -252,7 +252,7 @@ fn spatial_questions_are_answered_by_typed_operations() {
 #[test]
 fn a_single_round_chooses_immediately() {
     let script = vec![
-        step("split", r#"{"steps": ["x"]}"#),
+        step("multi_step", "no"),
         step("classify", "remove"),
         step("choose_targets", r#"{"targets": [0]}"#),
     ];
@@ -265,6 +265,7 @@ fn a_single_round_chooses_immediately() {
 #[test]
 fn multi_step_instructions_run_the_loop_per_step() {
     let script = vec![
+        step("multi_step", "yes"),
         step(
             "split",
             r#"{"steps": ["Remove the TV.", "Make the sofa green."]}"#,
@@ -294,7 +295,7 @@ fn multi_step_instructions_run_the_loop_per_step() {
 #[test]
 fn bad_answers_are_retried_with_the_reason_then_fail_clearly() {
     let script = vec![
-        step("split", r#"{"steps": ["x"]}"#),
+        step("multi_step", "no"),
         step("classify", "Remove."),
         step("judge", "yes"),
         step("choose_targets", r#"{"targets": [9]}"#),
@@ -312,7 +313,7 @@ fn bad_answers_are_retried_with_the_reason_then_fail_clearly() {
         .contains("id 9 is not in the list"));
 
     let script = vec![
-        step("split", r#"{"steps": ["x"]}"#),
+        step("multi_step", "no"),
         step("classify", "maybe"),
         step("classify", "perhaps"),
     ];
@@ -327,7 +328,7 @@ fn bad_answers_are_retried_with_the_reason_then_fail_clearly() {
 #[test]
 fn unsupported_ops_and_empty_scenes_fail_with_a_reason() {
     let script = vec![
-        step("split", r#"{"steps": ["x"]}"#),
+        step("multi_step", "no"),
         step("classify", "add"),
         step("judge", "yes"),
         step("choose_targets", r#"{"targets": [0]}"#),
@@ -337,10 +338,7 @@ fn unsupported_ops_and_empty_scenes_fail_with_a_reason() {
     let err = run(&p, "Add a cat on the sofa").unwrap_err().to_string();
     assert!(err.contains("the paint editor cannot add"), "{err}");
 
-    let script = vec![
-        step("split", r#"{"steps": ["x"]}"#),
-        step("classify", "remove"),
-    ];
+    let script = vec![step("multi_step", "no"), step("classify", "remove")];
     let (p, _) = pipeline(room(), script, &["unicorn"], 1);
     let err = run(&p, "Remove the unicorn").unwrap_err().to_string();
     assert!(err.contains("no objects"), "{err}");
@@ -350,7 +348,7 @@ fn unsupported_ops_and_empty_scenes_fail_with_a_reason() {
 fn planning_without_an_image_records_the_update_it_could_not_make() {
     let scene = room().scene_for(&["tv".to_string()]);
     let model = ScriptedLanguageModel::new(vec![
-        step("split", r#"{"steps": ["x"]}"#),
+        step("multi_step", "no"),
         step("classify", "remove"),
         step("judge", "no"),
         step("missing", "semantic"),
@@ -372,4 +370,64 @@ fn planning_without_an_image_records_the_update_it_could_not_make() {
     assert!(out.plan.trace.iter().any(
         |t| matches!(t, TraceEntry::Note { message } if message.contains("cannot be refined"))
     ));
+}
+
+#[test]
+fn a_split_that_stays_unusable_degrades_to_one_step_in_the_users_words() {
+    let script = vec![
+        step("multi_step", "yes"),
+        step("split", r#"{"steps": ["remove sofa"]}"#),
+        step("split", r#"{"steps": ["remove sofa", " "]}"#),
+        step("classify", "remove"),
+        step("judge", "yes"),
+        step("choose_targets", r#"{"targets": [1]}"#),
+    ];
+    let (p, model) = pipeline(room(), script, &["tv", "sofa"], 2);
+    let out = run(&p, "Where do people sit? Remove it.").unwrap();
+    assert_eq!(out.plan.steps.len(), 1);
+    assert!(model.requests()[3].messages[1]
+        .content
+        .contains("Where do people sit? Remove it."));
+    assert!(out.plan.trace.iter().any(
+        |t| matches!(t, TraceEntry::Note { message } if message.contains("planning the instruction as one step"))
+    ));
+    let split = &model.requests()[1];
+    assert!(
+        matches!(&split.constraint, Some(Constraint::Json(JsonShape::Object(f))) if matches!(f[0].1, JsonShape::Array { min_items: 2, .. })),
+        "the split asks for at least two steps"
+    );
+}
+
+#[test]
+fn targets_by_name_disambiguate_repeated_labels_with_ids() {
+    let model = Arc::new(ScriptedLanguageModel::new(vec![
+        step("multi_step", "no"),
+        step("classify", "remove"),
+        step("judge", "yes"),
+        step("choose_target", "speaker 3"),
+    ]));
+    let options = ReasoningOptions {
+        targets: TargetSelection::Name,
+        ..Default::default()
+    };
+    let p = Pipeline {
+        scene_builder: room(),
+        planner: Arc::new(CielrPlanner::with_options(model.clone(), options)),
+        editor: Arc::new(PaintEditor),
+        options: PipelineOptions {
+            queries: ["tv", "sofa", "speaker"].map(String::from).to_vec(),
+            ..Default::default()
+        },
+    };
+    let out = run(&p, "Remove the speaker on the right").unwrap();
+    assert_eq!(out.plan.steps[0].targets, vec![3]);
+    let req = &model.requests()[3];
+    assert_eq!(
+        req.constraint,
+        Some(Constraint::Choices(
+            ["tv", "sofa", "speaker 2", "speaker 3"]
+                .map(String::from)
+                .to_vec()
+        ))
+    );
 }

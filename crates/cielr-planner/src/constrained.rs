@@ -6,11 +6,19 @@
 //! - [`generate_constrained`]: sample an answer token by token, where at each step only the
 //!   tokens whose bytes keep the output a valid prefix of an allowed answer are possible. The
 //!   allowed answers are given by a [`Constraint`]: one of a list of strings, or JSON of a
-//!   [`JsonShape`] (objects with exactly the listed fields in order, arrays of at most
-//!   `max_items`, strings with escapes, integers, enums), with insignificant whitespace only
-//!   where JSON allows it. Generation stops as soon as the answer is complete and cannot go
-//!   on; when the token budget would not suffice to finish otherwise, the shortest completion
-//!   is forced, so the answer always parses with [`Constraint::parse`].
+//!   [`JsonShape`] (objects with exactly the listed fields in order, arrays of
+//!   `min_items..=max_items` elements, strings with escapes, integers, enums). Generation
+//!   stops as soon as the answer is complete and cannot go on; when the token budget would
+//!   not suffice to finish otherwise, the shortest completion (with the items an array still
+//!   needs) is forced, so the answer always parses with [`Constraint::parse`].
+//!
+//! JSON is compact: the only insignificant whitespace allowed is one optional space after a
+//! `:` or a `,` (so `{"capital": "Paris"}` and `{"capital":"Paris"}`, but no newlines,
+//! indentation or space before the opening `{`). Free whitespace lets small models spend the
+//! budget on blank lines and derails them. With SentencePiece-style tokenizers, whose words
+//! carry their leading space (`▁yes`), one optional space is also allowed before the answer
+//! ([`CompiledConstraint::with_leading_space`]); [`generate_constrained`] turns it on for
+//! them and leaves the space out of the returned text.
 //!
 //! The automaton works on bytes ([`ConstraintState`]); the tokens' bytes are computed once
 //! per tokenizer and arranged in a byte trie, so masking a step walks only the branches whose
@@ -22,7 +30,7 @@ use cielr_core::{Constraint, JsonShape};
 
 use crate::error::PlannerError;
 use crate::generate::Sampler;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{TokenEncoding, Tokenizer};
 
 /// A language model seen as a function from a growing token sequence to next-token logits.
 pub trait LogitsModel {
@@ -138,8 +146,8 @@ pub fn pick_choice(
 
 /// Deepest supported stack of the JSON automaton (two frames per nesting level).
 const MAX_DEPTH: usize = 24;
-/// Longest run of insignificant whitespace allowed in JSON.
-const MAX_WS_RUN: u8 = 12;
+/// Longest shortest answer of a JSON shape, in bytes (large `min_items`, nested, add up).
+const MAX_MINIMAL_LEN: usize = 1 << 16;
 /// Most digits in an integer (so that it fits in an `i64`).
 const MAX_INT_DIGITS: u8 = 18;
 
@@ -155,6 +163,7 @@ enum Node {
     },
     Array {
         item: u32,
+        min: u32,
         max: u32,
     },
     /// Fields at `fields[first..first + count]`, in order.
@@ -168,6 +177,8 @@ enum Node {
 #[derive(Debug, Clone)]
 pub struct CompiledConstraint {
     kind: CompiledKind,
+    /// Whether one space may come before the answer.
+    leading_space: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +216,7 @@ impl CompiledConstraint {
                 v.dedup();
                 Ok(CompiledConstraint {
                     kind: CompiledKind::Choices(v),
+                    leading_space: false,
                 })
             }
             Constraint::Json(shape) => {
@@ -212,9 +224,16 @@ impl CompiledConstraint {
                 let mut options = Vec::new();
                 let mut fields = Vec::new();
                 compile_shape(shape, &mut nodes, &mut options, &mut fields, 0)?;
-                let mut minimal = vec![Vec::new(); nodes.len()];
+                let mut minimal: Vec<Vec<u8>> = vec![Vec::new(); nodes.len()];
                 // Children come after their parents: fill from the back.
                 for i in (0..nodes.len()).rev() {
+                    let len = minimal_len(&nodes[i], &options, &fields, &minimal);
+                    if len > MAX_MINIMAL_LEN {
+                        return Err(PlannerError::Constraint(format!(
+                            "the shortest answer of this JSON shape is longer than \
+                             {MAX_MINIMAL_LEN} bytes (are some min_items too large?)"
+                        )));
+                    }
                     minimal[i] = match &nodes[i] {
                         Node::String => b"\"\"".to_vec(),
                         Node::Integer => b"0".to_vec(),
@@ -224,7 +243,17 @@ impl CompiledConstraint {
                             .min_by_key(|o| o.len())
                             .cloned()
                             .unwrap_or_default(),
-                        Node::Array { .. } => b"[]".to_vec(),
+                        Node::Array { item, min, .. } => {
+                            let mut s = b"[".to_vec();
+                            for k in 0..*min {
+                                if k > 0 {
+                                    s.push(b',');
+                                }
+                                s.extend_from_slice(&minimal[*item as usize]);
+                            }
+                            s.push(b']');
+                            s
+                        }
                         Node::Object { first, count } => {
                             let mut s = b"{".to_vec();
                             for f in *first..*first + *count {
@@ -248,9 +277,27 @@ impl CompiledConstraint {
                         fields,
                         minimal,
                     },
+                    leading_space: false,
                 })
             }
         }
+    }
+
+    /// Allows (`true`) or forbids one space before the answer: the natural start of an
+    /// answer for SentencePiece-style tokenizers, whose word tokens begin with `▁`. For
+    /// choices it stays off when a choice itself starts with a space (which would make the
+    /// space ambiguous).
+    pub fn with_leading_space(mut self, allow: bool) -> Self {
+        self.leading_space = match &self.kind {
+            CompiledKind::Choices(c) => allow && !c.iter().any(|x| x.first() == Some(&b' ')),
+            CompiledKind::Json { .. } => allow,
+        };
+        self
+    }
+
+    /// Whether one space may come before the answer ([`Self::with_leading_space`]).
+    pub fn leading_space(&self) -> bool {
+        self.leading_space
     }
 
     /// The state before any output.
@@ -258,7 +305,7 @@ impl CompiledConstraint {
         let mut s = ConstraintState {
             stack: [Frame::Empty; MAX_DEPTH],
             len: 0,
-            ws_run: 0,
+            space_ok: self.leading_space,
         };
         match &self.kind {
             CompiledKind::Choices(c) => {
@@ -275,6 +322,36 @@ impl CompiledConstraint {
             }
         }
         s
+    }
+}
+
+/// The length of a node's shortest text, given its children's (saturating).
+fn minimal_len(
+    node: &Node,
+    options: &[Vec<u8>],
+    fields: &[(Vec<u8>, u32)],
+    minimal: &[Vec<u8>],
+) -> usize {
+    match node {
+        Node::String => 2,
+        Node::Integer => 1,
+        Node::Enum { first, count } => options[*first as usize..(*first + *count) as usize]
+            .iter()
+            .map(Vec::len)
+            .min()
+            .unwrap_or(0),
+        Node::Array { item, min, .. } => {
+            let n = *min as usize;
+            (minimal[*item as usize].len().saturating_add(1))
+                .saturating_mul(n)
+                .saturating_add(2)
+        }
+        Node::Object { first, count } => fields[*first as usize..(*first + *count) as usize]
+            .iter()
+            .fold(2usize, |acc, (k, v)| {
+                acc.saturating_add(k.len() + 2)
+                    .saturating_add(minimal[*v as usize].len())
+            }),
     }
 }
 
@@ -308,10 +385,23 @@ fn compile_shape(
             options.extend(enc);
             Node::Enum { first, count }
         }
-        JsonShape::Array { items, max_items } => {
+        JsonShape::Array {
+            items,
+            min_items,
+            max_items,
+        } => {
+            if min_items > max_items {
+                return Err(PlannerError::Constraint(format!(
+                    "an array shape asks for at least {min_items} and at most {max_items} items"
+                )));
+            }
+            let min = u32::try_from(*min_items).map_err(|_| {
+                PlannerError::Constraint(format!("min_items = {min_items} is too large"))
+            })?;
             let item = compile_shape(items, nodes, options, fields, depth + 1)?;
             Node::Array {
                 item,
+                min,
                 max: u32::try_from(*max_items).unwrap_or(u32::MAX),
             }
         }
@@ -369,7 +459,8 @@ enum Frame {
         hi: u32,
         pos: u32,
     },
-    /// An array of `node`: `count` items started; `st` 0 after `[`, 1 after an item, 2 after `,`.
+    /// An array of `node`: `count` items started; `st` 0 after `[`, 1 after an item (or
+    /// while one is in progress above this frame), 2 after `,`.
     Array {
         node: u32,
         count: u32,
@@ -394,11 +485,18 @@ enum Frame {
 pub struct ConstraintState {
     stack: [Frame; MAX_DEPTH],
     len: u8,
-    ws_run: u8,
+    /// Whether the next byte may be the one optional space (after `:`, `,` or at the start
+    /// with a leading space allowed).
+    space_ok: bool,
 }
 
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Whether a whitespace byte is the allowed optional space.
+fn optional_space(b: u8, space_ok: bool) -> bool {
+    b == b' ' && space_ok
 }
 
 /// Narrows a sorted range of byte strings to those with `b` at `pos`.
@@ -440,30 +538,19 @@ impl ConstraintState {
         }
     }
 
-    fn whitespace(&mut self) -> bool {
-        if self.ws_run >= MAX_WS_RUN {
-            return false;
-        }
-        self.ws_run += 1;
-        true
-    }
-
     /// Feeds one byte; false (and the state is then meaningless) when it cannot follow.
     pub fn step(&mut self, c: &CompiledConstraint, b: u8) -> bool {
-        let ws = is_ws(b);
-        let ok = match &c.kind {
-            CompiledKind::Choices(choices) => self.step_choice(choices, b),
+        // The optional space may only come right after what allowed it.
+        let space_ok = std::mem::replace(&mut self.space_ok, false);
+        match &c.kind {
+            CompiledKind::Choices(choices) => self.step_choice(choices, b, space_ok),
             CompiledKind::Json {
                 nodes,
                 options,
                 fields,
                 ..
-            } => self.step_json(nodes, options, fields, b),
-        };
-        if ok && !ws {
-            self.ws_run = 0;
+            } => self.step_json(nodes, options, fields, b, space_ok),
         }
-        ok
     }
 
     /// Feeds bytes; false when one cannot follow.
@@ -471,10 +558,13 @@ impl ConstraintState {
         bytes.iter().all(|&b| self.step(c, b))
     }
 
-    fn step_choice(&mut self, choices: &[Vec<u8>], b: u8) -> bool {
+    fn step_choice(&mut self, choices: &[Vec<u8>], b: u8, space_ok: bool) -> bool {
         let Some(Frame::Choice { lo, hi, pos }) = self.top() else {
             return false;
         };
+        if pos == 0 && optional_space(b, space_ok) {
+            return true;
+        }
         match narrow(choices, lo, hi, pos, b) {
             Some((lo, hi)) => {
                 self.set_top(Frame::Choice {
@@ -494,6 +584,7 @@ impl ConstraintState {
         options: &[Vec<u8>],
         fields: &[(Vec<u8>, u32)],
         b: u8,
+        space_ok: bool,
     ) -> bool {
         // A loop because a byte that ends an integer is then read by the parent.
         loop {
@@ -504,7 +595,7 @@ impl ConstraintState {
                 Frame::Empty | Frame::Choice { .. } => return false,
                 Frame::Value { node } => {
                     if is_ws(b) {
-                        return self.whitespace();
+                        return optional_space(b, space_ok);
                     }
                     let f = match (&nodes[node as usize], b) {
                         (Node::String, b'"') => Frame::Str {
@@ -678,14 +769,18 @@ impl ConstraintState {
                     };
                 }
                 Frame::Array { node, count, st } => {
-                    let Node::Array { item, max } = nodes[node as usize] else {
+                    let Node::Array { item, min, max } = nodes[node as usize] else {
                         return false;
                     };
                     if is_ws(b) {
-                        return self.whitespace();
+                        return optional_space(b, space_ok);
                     }
                     match (st, b) {
+                        // `count` items are complete here (st 0: none).
                         (0 | 1, b']') => {
+                            if count < min {
+                                return false;
+                            }
                             self.finish_value();
                             return true;
                         }
@@ -694,6 +789,7 @@ impl ConstraintState {
                                 return false;
                             }
                             self.set_top(Frame::Array { node, count, st: 2 });
+                            self.space_ok = true;
                             return true;
                         }
                         (0 | 2, _) => {
@@ -719,7 +815,7 @@ impl ConstraintState {
                         return false;
                     };
                     if is_ws(b) {
-                        return self.whitespace();
+                        return optional_space(b, space_ok);
                     }
                     match (st, b) {
                         (0, b'}') if count == 0 => {
@@ -736,10 +832,12 @@ impl ConstraintState {
                         (1, b':') => {
                             self.set_top(Frame::Object { node, field, st: 2 });
                             let value = fields[(first + field) as usize].1;
+                            self.space_ok = true;
                             return self.push(Frame::Value { node: value });
                         }
                         (2, b',') if field < count => {
                             self.set_top(Frame::Object { node, field, st: 3 });
+                            self.space_ok = true;
                             return true;
                         }
                         (2, b'}') if field == count => {
@@ -853,10 +951,23 @@ impl ConstraintState {
                                 out.extend_from_slice(&best[pos as usize..]);
                             }
                         }
-                        Frame::Array { node, st, .. } => {
-                            if st == 2 {
-                                if let Node::Array { item, .. } = nodes[node as usize] {
-                                    out.extend_from_slice(&minimal[item as usize]);
+                        Frame::Array { node, count, st } => {
+                            if let Node::Array { item, min, .. } = nodes[node as usize] {
+                                let item = &minimal[item as usize];
+                                // Items still due after the ones started: with st 1 the
+                                // last one is complete (or completed above), so `,item`
+                                // each; after `,` one item first, then `,item` each.
+                                let (first, more) = match st {
+                                    0 => (min > 0, min.saturating_sub(1)),
+                                    1 => (false, min.saturating_sub(count)),
+                                    _ => (true, min.saturating_sub(count + 1)),
+                                };
+                                if first {
+                                    out.extend_from_slice(item);
+                                }
+                                for _ in 0..more {
+                                    out.push(b',');
+                                    out.extend_from_slice(item);
                                 }
                             }
                             out.push(b']');
@@ -1084,7 +1195,8 @@ pub enum ConstrainedStop {
 /// The result of [`generate_constrained_detailed`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConstrainedGeneration {
-    /// The answer text.
+    /// The answer text (without the optional leading space of SentencePiece-style
+    /// tokenizers, which `tokens` may include).
     pub text: String,
     /// The answer's tokens (never more than `max_tokens`; the end token not included).
     pub tokens: Vec<u32>,
@@ -1167,7 +1279,8 @@ pub fn generate_constrained_detailed(
     if prompt_ids.is_empty() {
         return Err(PlannerError::Constraint("the prompt is empty".into()));
     }
-    let compiled = CompiledConstraint::new(constraint)?;
+    let compiled = CompiledConstraint::new(constraint)?
+        .with_leading_space(tokenizer.token_encoding() == TokenEncoding::SentencePiece);
     let trie = tokenizer.token_trie();
     let table = tokenizer.token_bytes();
     let ends: Vec<u32> = tokenizer.eos_ids().to_vec();
@@ -1269,7 +1382,9 @@ pub fn generate_constrained_detailed(
             }
         }
     }
-    let text = String::from_utf8(out).map_err(|e| {
+    // The optional leading space is the tokenizer's word prefix, not part of the answer.
+    let skip = usize::from(compiled.leading_space() && out.first() == Some(&b' '));
+    let text = String::from_utf8(out.split_off(skip)).map_err(|e| {
         PlannerError::Constraint(format!("the answer is not valid UTF-8 (a bug): {e}"))
     })?;
     constraint.parse(&text).map_err(|e| {
@@ -1324,7 +1439,7 @@ mod tests {
                 JsonShape::array(JsonShape::Enum(vec!["a".into(), "bc".into()]), 2),
             ),
         ]);
-        let good = r#"{ "name" : "x\"y\u00e9 é", "n": -12,"tags":["bc", "a"]}"#;
+        let good = r#"{"name": "x\"y\u00e9 é", "n": -12,"tags":["bc", "a"]}"#;
         for i in 0..=good.len() {
             if !good.is_char_boundary(i) {
                 continue;
@@ -1346,6 +1461,19 @@ mod tests {
             r#"{"name": "x",}"#,
             r#"{"name": "x" , "n": 1, "tags": [] ,}"#,
             r#"[]"#,
+            // Whitespace only as one space after `:` and `,`.
+            r#" {"#,
+            r#"{ "#,
+            r#"{"name" :"#,
+            r#"{"name":  "#,
+            "{\"name\":\n",
+            "{\"name\":\t",
+            r#"{"name": "x" ,"#,
+            r#"{"name": "x",  "#,
+            r#"{"name": "x", "n": 1 ,"#,
+            r#"{"name": "x", "n": 1, "tags": [ "#,
+            r#"{"name": "x", "n": 1, "tags": ["a" "#,
+            r#"{"name": "x", "n": 1, "tags": ["a"] "#,
         ] {
             assert!(!accepts(&c, bad).0, "{bad:?}");
         }
@@ -1372,7 +1500,7 @@ mod tests {
             ("s", JsonShape::String),
         ]);
         let cc = CompiledConstraint::new(&c).unwrap();
-        let good = r#"{"a": {"b": [1, -23 ,4]}, "e": "long one", "s": "q\\\u00e9é😀"}"#;
+        let good = r#"{"a": {"b": [1, -23,4]}, "e": "long one", "s": "q\\\u00e9é😀"}"#;
         for i in 0..=good.len() {
             let mut s = cc.start();
             assert!(s.step_bytes(&cc, &good.as_bytes()[..i]), "prefix {i}");
@@ -1389,6 +1517,106 @@ mod tests {
             cc.start().completion(&cc),
             br#"{"a":{"b":[]},"e":"s","s":""}"#.to_vec()
         );
+    }
+
+    #[test]
+    fn arrays_honour_min_items() {
+        let c = obj(vec![
+            ("t", JsonShape::array_between(JsonShape::Integer, 2, 3)),
+            (
+                "o",
+                JsonShape::array_between(JsonShape::object([("k", JsonShape::String)]), 1, 1),
+            ),
+        ]);
+        let cc = CompiledConstraint::new(&c).unwrap();
+        assert_eq!(
+            cc.start().completion(&cc),
+            br#"{"t":[0,0],"o":[{"k":""}]}"#.to_vec()
+        );
+        for (prefix, completion) in [
+            (r#"{"t":["#, r#"0,0],"o":[{"k":""}]}"#),
+            (r#"{"t":[5"#, r#",0],"o":[{"k":""}]}"#),
+            (r#"{"t":[-"#, r#"1,0],"o":[{"k":""}]}"#),
+            (r#"{"t":[5,"#, r#"0],"o":[{"k":""}]}"#),
+            (r#"{"t":[5, "#, r#"0],"o":[{"k":""}]}"#),
+            (r#"{"t":[5,6"#, r#"],"o":[{"k":""}]}"#),
+            (r#"{"t":[5,6,7"#, r#"],"o":[{"k":""}]}"#),
+            (r#"{"t":[5,6],"o":["#, r#"{"k":""}]}"#),
+            (r#"{"t":[5,6],"o":[{"k":"a"#, r#""}]}"#),
+        ] {
+            let mut s = cc.start();
+            assert!(s.step_bytes(&cc, prefix.as_bytes()), "{prefix}");
+            assert_eq!(
+                String::from_utf8(s.completion(&cc)).unwrap(),
+                completion,
+                "{prefix}"
+            );
+            assert!(s.step_bytes(&cc, completion.as_bytes()) && s.is_complete(&cc));
+        }
+        for bad in [
+            r#"{"t":[]"#,
+            r#"{"t":[1]"#,
+            r#"{"t":[1,2,3,"#,
+            r#"{"t":[1,2],"o":[]"#,
+            r#"{"t":[1,2],"o":[{"k":""},"#,
+        ] {
+            assert!(!accepts(&c, bad).0, "{bad}");
+        }
+        assert!(accepts(&c, r#"{"t":[1,2,3],"o":[{"k":"x"}]}"#).1);
+        // Impossible or enormous shapes are refused when compiled.
+        let e = CompiledConstraint::new(&obj(vec![(
+            "t",
+            JsonShape::array_between(JsonShape::Integer, 3, 2),
+        )]))
+        .unwrap_err();
+        assert!(e.to_string().contains("at least 3 and at most 2"), "{e}");
+        let huge = JsonShape::array_between(JsonShape::String, 1000, 1000);
+        let e = CompiledConstraint::new(&obj(vec![(
+            "t",
+            JsonShape::array_between(huge, 1000, 1000),
+        )]))
+        .unwrap_err();
+        assert!(e.to_string().contains("longer than"), "{e}");
+        let e = CompiledConstraint::new(&obj(vec![(
+            "t",
+            JsonShape::array_between(JsonShape::Integer, usize::MAX, usize::MAX),
+        )]))
+        .unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn leading_space_is_optional_and_single() {
+        let c = obj(vec![("a", JsonShape::Integer)]);
+        let cc = CompiledConstraint::new(&c).unwrap();
+        assert!(!cc.leading_space());
+        let mut s = cc.start();
+        assert!(!s.step(&cc, b' '));
+        let cc = cc.with_leading_space(true);
+        for (text, ok) in [(" {\"a\": 1}", true), ("{\"a\":1}", true), ("  {", false)] {
+            let mut s = cc.start();
+            assert_eq!(s.step_bytes(&cc, text.as_bytes()), ok, "{text:?}");
+        }
+        let c = Constraint::Choices(vec!["yes".into(), "no".into()]);
+        let cc = CompiledConstraint::new(&c)
+            .unwrap()
+            .with_leading_space(true);
+        assert_eq!(cc.start().completion(&cc), b"no".to_vec());
+        for (text, ok) in [
+            (" yes", true),
+            ("yes", true),
+            ("  no", false),
+            ("n o", false),
+        ] {
+            let mut s = cc.start();
+            assert_eq!(s.step_bytes(&cc, text.as_bytes()), ok, "{text:?}");
+        }
+        // A choice that starts with a space turns the option off.
+        let c = Constraint::Choices(vec![" yes".into(), "no".into()]);
+        let cc = CompiledConstraint::new(&c)
+            .unwrap()
+            .with_leading_space(true);
+        assert!(!cc.leading_space());
     }
 
     #[test]

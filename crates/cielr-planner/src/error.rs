@@ -46,6 +46,15 @@ pub enum PlannerError {
     /// A model's weights, configuration or forward pass failed.
     #[error("model: {0}")]
     Model(String),
+    /// A served model (an OpenAI-compatible HTTP endpoint) could not be reached, failed or
+    /// sent an unusable response; the message gives the HTTP status and the server's words.
+    #[error("served model at {url}: {message}")]
+    Server {
+        /// The endpoint.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// JSON could not be parsed.
     #[error("JSON error in {context}: {source}")]
     Json {
@@ -82,7 +91,8 @@ impl From<PlannerError> for CoreError {
             PlannerError::Json { context, source } => CoreError::Json { context, source },
             PlannerError::Tokenizer(_)
             | PlannerError::ChatTemplate(_)
-            | PlannerError::Constraint(_) => CoreError::LanguageModel(e.to_string()),
+            | PlannerError::Constraint(_)
+            | PlannerError::Server { .. } => CoreError::LanguageModel(e.to_string()),
             PlannerError::Gguf { .. }
             | PlannerError::GgufTensor { .. }
             | PlannerError::Model(_) => CoreError::Model(e.to_string()),

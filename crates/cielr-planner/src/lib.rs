@@ -6,9 +6,11 @@
 //! - [`gguf`]: a bounded GGUF v2/v3 reader with dequantisation;
 //! - [`tokenizer`] and [`chat`]: tokenizers from `tokenizer.json` or GGUF metadata, chat templates;
 //! - [`generate`] and [`constrained`]: sampling, and decoding restricted to choices or a JSON shape;
-//! - [`local`]: [`local::LocalLlm`], a `cielr_core::LanguageModel` over all of the above.
+//! - [`local`]: [`local::LocalLlm`], a `cielr_core::LanguageModel` over all of the above;
+//! - [`openai`]: [`openai::OpenAiCompatible`], a `cielr_core::LanguageModel` served over HTTP
+//!   by an OpenAI-compatible server (vLLM, SGLang, llama.cpp server).
 //!
-//! Not yet here: the OpenAI-compatible served-model client and CUDA for the local model.
+//! Not yet here: CUDA for the local model.
 
 #![warn(missing_docs)]
 
@@ -19,5 +21,6 @@ pub mod generate;
 pub mod gguf;
 pub mod llama;
 pub mod local;
+pub mod openai;
 pub mod tokenizer;
 pub mod weights;

@@ -7,7 +7,12 @@
 //! - without a constraint, by [`generate`] until an end token or `max_tokens`;
 //! - with [`Constraint::Choices`], greedily by scoring every choice ([`pick_choice`]: the
 //!   log-probability of its tokens and an end token), or by constrained sampling when the
-//!   temperature is positive;
+//!   temperature is positive. Scores are not length-normalised by default: the sum is the
+//!   probability that the model answers exactly that choice and then stops, which compares
+//!   choices of different lengths fairly already (the end token makes a prefix such as
+//!   "yes" compete with "yes please" on equal terms). Dividing by the token count favours
+//!   long choices, whose later tokens are nearly certain once the first is written; it can
+//!   be turned on with [`LocalLlm::with_length_normalized_choices`];
 //! - with [`Constraint::Json`], by constrained decoding ([`generate_constrained`]), whose
 //!   answer always parses.
 
@@ -35,6 +40,7 @@ pub struct LocalLlm {
     tokenizer: Tokenizer,
     template: ChatTemplate,
     seed: u64,
+    length_normalized_choices: bool,
 }
 
 impl std::fmt::Debug for LocalLlm {
@@ -99,12 +105,20 @@ impl LocalLlm {
             model,
             tokenizer,
             seed: 0,
+            length_normalized_choices: false,
         })
     }
 
     /// The seed of sampling (requests with a positive temperature); 0 by default.
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Whether greedy choices are scored by the mean log-probability per token instead of
+    /// the total (off by default; see the module documentation).
+    pub fn with_length_normalized_choices(mut self, on: bool) -> Self {
+        self.length_normalized_choices = on;
         self
     }
 
@@ -157,8 +171,13 @@ impl LocalLlm {
                     .map_err(|_| PlannerError::Model("the model session is poisoned".into()))?;
                 match constraint {
                     Constraint::Choices(choices) if sampler.is_greedy() => {
-                        let (best, _) =
-                            pick_choice(&mut *session, &self.tokenizer, &prompt, choices, false)?;
+                        let (best, _) = pick_choice(
+                            &mut *session,
+                            &self.tokenizer,
+                            &prompt,
+                            choices,
+                            self.length_normalized_choices,
+                        )?;
                         Ok(choices[best].clone())
                     }
                     _ => generate_constrained(

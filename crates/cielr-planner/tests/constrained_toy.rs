@@ -127,6 +127,26 @@ fn shapes() -> Vec<(&'static str, JsonShape)> {
             "empty_array",
             JsonShape::object([("none", JsonShape::array(JsonShape::String, 0))]),
         ),
+        (
+            "array_min",
+            JsonShape::object([(
+                "targets",
+                JsonShape::array_between(JsonShape::Integer, 2, 4),
+            )]),
+        ),
+        (
+            "array_exact",
+            JsonShape::object([
+                (
+                    "p",
+                    JsonShape::array_between(JsonShape::object([("i", JsonShape::Integer)]), 2, 2),
+                ),
+                (
+                    "t",
+                    JsonShape::array_between(JsonShape::Enum(vec!["x".into(), "yy".into()]), 1, 3),
+                ),
+            ]),
+        ),
     ]
 }
 
@@ -317,4 +337,191 @@ fn constrained_choice_scores_are_log_probabilities() {
     let (best, _) = pick_choice(&mut m, &tok, &prompt, &choices, false).unwrap();
     assert_eq!(best, 1);
     assert!(pick_choice(&mut m, &tok, &prompt, &[], false).is_err());
+}
+
+/// The number of items of every array in a value, with its path.
+fn array_lengths(v: &serde_json::Value, path: &str, out: &mut Vec<(String, usize)>) {
+    match v {
+        serde_json::Value::Array(a) => {
+            out.push((path.to_string(), a.len()));
+            for (i, x) in a.iter().enumerate() {
+                array_lengths(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                array_lengths(x, &format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn constrained_min_items_hold_whatever_the_model_prefers() {
+    let tok = tokenizer();
+    let v = tok.vocab_size();
+    let prompt = tok.encode("hi", false).unwrap();
+    let shape = JsonShape::object([
+        ("a", JsonShape::array_between(JsonShape::Integer, 2, 5)),
+        (
+            "b",
+            JsonShape::array_between(
+                JsonShape::object([("s", JsonShape::array_between(JsonShape::String, 1, 2))]),
+                3,
+                4,
+            ),
+        ),
+    ]);
+    let c = Constraint::Json(shape);
+    // Models that want to close arrays (and end) at once, or to write anything at all.
+    let closers = ids_of(&tok, |b| b.contains(&b']'));
+    let mut eos_and_closers = closers.clone();
+    eos_and_closers.extend(tok.eos_ids().iter().copied());
+    let mut shortest = usize::MAX;
+    let mut forced = 0;
+    for (pref, bonus) in [(closers, 20.0), (eos_and_closers, 40.0), (vec![], 0.0)] {
+        for seed in 0..8u64 {
+            for &(temperature, max_tokens) in &[(0.0, 80usize), (1.0, 80), (2.0, 45), (0.0, 38)] {
+                let mut m = ToyModel::new(v, pref.clone(), bonus, seed + 100);
+                let mut s = Sampler::new(temperature, 1.0, seed);
+                let g =
+                    generate_constrained_detailed(&mut m, &tok, &prompt, &c, max_tokens, &mut s)
+                        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+                let value = c
+                    .parse(&g.text)
+                    .unwrap_or_else(|e| panic!("{:?}: {e}", g.text));
+                let mut lens = Vec::new();
+                array_lengths(&value, "$", &mut lens);
+                for (path, n) in lens {
+                    let min = match path.as_str() {
+                        "$.a" => 2,
+                        "$.b" => 3,
+                        _ => 1,
+                    };
+                    assert!(n >= min, "{path} has {n} items in {:?}", g.text);
+                }
+                assert!(g.tokens.len() <= max_tokens, "{:?}", g.text);
+                shortest = shortest.min(g.tokens.len());
+                forced += usize::from(g.stop == ConstrainedStop::Forced);
+            }
+        }
+    }
+    eprintln!("shortest answer {shortest} tokens; {forced} answers forced");
+    assert!(forced > 0);
+}
+
+#[test]
+fn constrained_min_items_count_in_the_budget() {
+    let tok = tokenizer();
+    let prompt = tok.encode("hi", false).unwrap();
+    let c = Constraint::Json(JsonShape::object([(
+        "a",
+        JsonShape::array_between(JsonShape::Integer, 6, 8),
+    )]));
+    // The shortest answer is {"a":[0,0,0,0,0,0]}: find its token count.
+    let shortest = tok.encode(r#"{"a":[0,0,0,0,0,0]}"#, false).unwrap().len();
+    let closers = ids_of(&tok, |b| b.contains(&b']') || b.contains(&b'}'));
+    // Exactly the budget of the shortest answer: it is forced at once and holds 6 items.
+    for max_tokens in [shortest, shortest + 1, shortest + 3] {
+        let mut m = ToyModel::new(tok.vocab_size(), closers.clone(), 30.0, 5);
+        let g = generate_constrained_detailed(
+            &mut m,
+            &tok,
+            &prompt,
+            &c,
+            max_tokens,
+            &mut Sampler::greedy(),
+        )
+        .unwrap();
+        let v = c.parse(&g.text).unwrap();
+        assert!(v["a"].as_array().unwrap().len() >= 6, "{:?}", g.text);
+        assert!(g.tokens.len() <= max_tokens);
+    }
+    let mut m = ToyModel::new(tok.vocab_size(), closers, 30.0, 5);
+    let e = generate_constrained(
+        &mut m,
+        &tok,
+        &prompt,
+        &c,
+        shortest - 1,
+        &mut Sampler::greedy(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("too small"), "{e}");
+    // A shape that no value satisfies is refused before generation.
+    let c = Constraint::Json(JsonShape::object([(
+        "a",
+        JsonShape::array_between(JsonShape::Integer, 3, 2),
+    )]));
+    let mut m = ToyModel::new(tok.vocab_size(), vec![], 0.0, 5);
+    assert!(generate_constrained(&mut m, &tok, &prompt, &c, 50, &mut Sampler::greedy()).is_err());
+}
+
+#[test]
+fn constrained_json_is_compact_even_for_a_whitespace_loving_model() {
+    let tok = tokenizer();
+    let ws = ids_of(&tok, |b| b.iter().any(|c| c.is_ascii_whitespace()));
+    let prompt = tok.encode("hi", false).unwrap();
+    let c = Constraint::Json(JsonShape::object([
+        ("n", JsonShape::Integer),
+        ("e", JsonShape::Enum(vec!["a b".into(), "c".into()])),
+        ("t", JsonShape::array_between(JsonShape::Integer, 1, 3)),
+    ]));
+    for seed in 0..10u64 {
+        let mut m = ToyModel::new(tok.vocab_size(), ws.clone(), 30.0, seed);
+        let mut s = Sampler::new(if seed % 2 == 0 { 0.0 } else { 1.0 }, 1.0, seed);
+        let g = generate_constrained_detailed(&mut m, &tok, &prompt, &c, 40, &mut s).unwrap();
+        check(&c, &g.text);
+        // Outside the enum's string, whitespace is one space after ':' or ','.
+        let outside = g.text.replace("\"a b\"", "\"ab\"");
+        let bytes = outside.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            if b.is_ascii_whitespace() {
+                assert!(
+                    b == b' ' && i > 0 && matches!(bytes[i - 1], b':' | b','),
+                    "{:?}",
+                    g.text
+                );
+            }
+        }
+        assert!(g.text.starts_with('{'), "{:?}", g.text);
+    }
+}
+
+fn spm_tokenizer() -> Tokenizer {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_tiny_spm.gguf");
+    Tokenizer::from_gguf(&GgufFile::open(&p).unwrap()).unwrap()
+}
+
+#[test]
+fn constrained_sentencepiece_answers_may_start_with_the_word_space() {
+    let tok = spm_tokenizer();
+    let table = tok.token_bytes().to_vec();
+    // Tokens that begin a word: `▁` followed by something.
+    let word_starts = ids_of(&tok, |b| b.len() > 1 && b[0] == b' ' && b[1] != b' ');
+    assert!(!word_starts.is_empty());
+    let prompt = tok.encode("Is it?", true).unwrap();
+    let choices: Vec<String> = vec!["yes".into(), "no".into(), "maybe".into()];
+    let c = Constraint::Choices(choices.clone());
+    let mut with_space = 0;
+    for seed in 0..12u64 {
+        let mut m = ToyModel::new(tok.vocab_size(), word_starts.clone(), 10.0, seed);
+        let mut s = Sampler::new(1.0, 1.0, seed);
+        let g = generate_constrained_detailed(&mut m, &tok, &prompt, &c, 8, &mut s).unwrap();
+        assert!(choices.contains(&g.text), "{:?}", g.text);
+        let first = &table[g.tokens[0] as usize];
+        with_space += usize::from(first.first() == Some(&b' '));
+        // The tokenizer's decoder drops the word space too.
+        assert_eq!(tok.decode(&g.tokens, false).unwrap(), g.text);
+    }
+    assert!(with_space > 0, "the word space was never used");
+    let c = Constraint::Json(JsonShape::object([("answer", JsonShape::String)]));
+    for seed in 0..6u64 {
+        let mut m = ToyModel::new(tok.vocab_size(), word_starts.clone(), 10.0, seed);
+        let mut s = Sampler::new(1.0, 1.0, seed);
+        let g = generate_constrained_detailed(&mut m, &tok, &prompt, &c, 24, &mut s).unwrap();
+        check(&c, &g.text);
+        assert!(g.text.starts_with('{'), "{:?}", g.text);
+    }
 }
