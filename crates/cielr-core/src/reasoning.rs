@@ -463,6 +463,29 @@ impl Planner for CielrPlanner {
         if input.last_round {
             return self.decide(&input, trace).await;
         }
+        match self.gather(&input, trace).await {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => self.decide(&input, trace).await,
+            // Asking for more information is optional: when the model cannot say what is
+            // missing, decide from the current SSR rather than failing the step.
+            Err(CoreError::LanguageModel(reason)) => {
+                trace.push(TraceEntry::Note {
+                    message: format!("{reason}; choosing from the current SSR"),
+                });
+                self.decide(&input, trace).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl CielrPlanner {
+    /// The information-gathering half of a round: `None` when the SSR is enough.
+    async fn gather(
+        &self,
+        input: &RoundInput<'_>,
+        trace: &mut Vec<TraceEntry>,
+    ) -> Result<Option<RoundOutcome>> {
         let enough = self
             .choose(
                 "judge",
@@ -472,7 +495,7 @@ impl Planner for CielrPlanner {
             )
             .await?;
         if enough == "yes" {
-            return self.decide(&input, trace).await;
+            return Ok(None);
         }
         let missing = self
             .choose(
@@ -483,11 +506,11 @@ impl Planner for CielrPlanner {
             )
             .await?;
         if missing == "spatial" {
-            return Ok(RoundOutcome::NeedSpatial(
-                self.spatial(&input, trace).await?,
-            ));
+            return Ok(Some(RoundOutcome::NeedSpatial(
+                self.spatial(input, trace).await?,
+            )));
         }
-        let labels = self.new_labels(&input, trace).await?;
+        let labels = self.new_labels(input, trace).await?;
         let fresh: Vec<String> = labels
             .into_iter()
             .filter(|l| !known_label(input.scene, l))
@@ -498,8 +521,8 @@ impl Planner for CielrPlanner {
                     "every suggested label was already searched for; choosing from the current SSR"
                         .into(),
             });
-            return self.decide(&input, trace).await;
+            return Ok(None);
         }
-        Ok(RoundOutcome::NeedLabels(fresh))
+        Ok(Some(RoundOutcome::NeedLabels(fresh)))
     }
 }

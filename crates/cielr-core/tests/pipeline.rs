@@ -431,3 +431,22 @@ fn targets_by_name_disambiguate_repeated_labels_with_ids() {
         ))
     );
 }
+
+#[test]
+fn an_unusable_request_for_information_falls_back_to_choosing() {
+    let script = vec![
+        step("multi_step", "no"),
+        step("classify", "remove"),
+        step("judge", "no"),
+        step("missing", "semantic"),
+        step("new_labels", r#"{"labels": ["..."]}"#),
+        step("new_labels", r#"{"labels": []}"#),
+        step("choose_targets", r#"{"targets": [0]}"#),
+    ];
+    let (p, _) = pipeline(room(), script, &["tv"], 2);
+    let out = run(&p, "Remove the TV").unwrap();
+    assert_eq!(out.plan.steps[0].targets, vec![0]);
+    assert_eq!(out.scenes.len(), 1, "no refinement happened");
+    assert!(out.plan.trace.iter().any(|t| matches!(t, TraceEntry::Note { message }
+        if message.contains("step new_labels: no usable answer") && message.contains("choosing from the current SSR"))));
+}

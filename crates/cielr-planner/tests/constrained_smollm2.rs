@@ -1,9 +1,8 @@
 //! Constrained decoding end to end with SmolLM2-135M-Instruct: GGUF → tokenizer → the
 //! checkpoint's chat template → the Burn decoder behind `LogitsModel` → JSON and choice
 //! answers that parse. Also times masking with the real 49,152-token vocabulary. Needs the
-//! model: run `tools/planner/fetch_smollm2.sh` and
-//! `cargo test -p cielr-planner --features real-models --test constrained_smollm2`.
-#![cfg(feature = "real-models")]
+//! model: run
+//! `tools/setup-models.sh` (these tests fail, not skip, without the model).
 
 use std::time::Instant;
 

@@ -1,9 +1,7 @@
 //! The compact JSON grammar with SmolLM2-135M-Instruct: greedy JSON answers carry no
 //! insignificant whitespace besides one optional space after `:` and `,`, and the model's
 //! answers stay short. Prints each answer with its token count. Needs the model: run
-//! `tools/planner/fetch_smollm2.sh` and
-//! `cargo test -p cielr-planner --features real-models --test constrained_smollm2_compact`.
-#![cfg(feature = "real-models")]
+//! `tools/setup-models.sh` (these tests fail, not skip, without the model).
 
 use std::sync::Arc;
 

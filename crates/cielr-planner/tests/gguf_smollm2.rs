@@ -1,8 +1,7 @@
 //! Reading SmolLM2-135M-Instruct.Q4_1.gguf (Q4_1 projections, Q8_0 embedding, F32 norms)
 //! against gguf-py's dequantisation (`tests/fixtures/gguf_smollm2_reference.json`, made by
 //! `tools/planner/make_gguf_fixture.py --smollm2`). Needs the model: run
-//! `tools/planner/fetch_smollm2.sh` and `cargo test -p cielr-planner --features real-models`.
-#![cfg(feature = "real-models")]
+//! `tools/setup-models.sh` (these tests fail, not skip, without the model).
 
 use std::path::Path;
 use std::time::Instant;

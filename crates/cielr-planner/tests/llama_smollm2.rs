@@ -2,9 +2,8 @@
 //! permutation, tied embeddings) against transformers' own GGUF loading: last-position
 //! logits of a ChatML prompt and the 16-token greedy continuation
 //! (`tests/fixtures/llama-smollm2-reference.safetensors`, made by
-//! `tools/parity/llama_real.sh`). Needs the model: set `CIELR_SMOLLM2_GGUF` and run
-//! `cargo test -p cielr-planner --features real-models`; fails when the file is missing.
-#![cfg(feature = "real-models")]
+//! `tools/parity/llama_real.sh`). Needs the model: run `tools/setup-models.sh` (or set
+//! `CIELR_SMOLLM2_GGUF`); the tests fail, not skip, without it.
 
 #[path = "llama_common/mod.rs"]
 mod llama_common;

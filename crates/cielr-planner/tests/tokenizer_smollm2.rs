@@ -1,8 +1,7 @@
 //! The SmolLM2-135M-Instruct tokenizer built from its GGUF against transformers' GGUF
 //! conversion (`tests/fixtures/tokenizer_smollm2_reference.json`, made by
 //! `tools/planner/make_tokenizer_fixtures.py --smollm2`). Needs the model: run
-//! `tools/planner/fetch_smollm2.sh` and `cargo test -p cielr-planner --features real-models`.
-#![cfg(feature = "real-models")]
+//! `tools/setup-models.sh` (these tests fail, not skip, without the model).
 
 use std::path::Path;
 use std::time::Instant;
