@@ -2,7 +2,7 @@
 
 use cielr_core::CoreError;
 
-/// Everything that can go wrong in the classical editors.
+/// Everything that can go wrong in the editors, the schedulers and the diffusion models.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiffusionError {
     /// The mask does not have the image's size.
@@ -55,6 +55,86 @@ pub enum DiffusionError {
     /// An error from `cielr-core` (mask allocation, windows).
     #[error("{0}")]
     Core(String),
+    /// A file could not be read.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A model or scheduler configuration is malformed or unsupported.
+    #[error("{context}: {message}")]
+    Config {
+        /// Where the configuration came from (a file, a model name).
+        context: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A safetensors file is malformed.
+    #[error("{path}: malformed safetensors: {message}")]
+    Safetensors {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A tensor the model needs is not in the checkpoint.
+    #[error("tensor `{name}` is missing from {checkpoint}")]
+    MissingTensor {
+        /// The tensor's full name.
+        name: String,
+        /// The checkpoint's file(s).
+        checkpoint: String,
+    },
+    /// A checkpoint tensor has the wrong shape for the configuration.
+    #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        /// The tensor's full name.
+        name: String,
+        /// The shape the configuration implies.
+        expected: Vec<usize>,
+        /// The shape in the checkpoint.
+        actual: Vec<usize>,
+    },
+    /// A checkpoint tensor has an unsupported element type.
+    #[error("tensor `{name}` has unsupported dtype {dtype} (f32, f16, bf16 and f64 are read)")]
+    TensorDtype {
+        /// The tensor's full name.
+        name: String,
+        /// The dtype found.
+        dtype: String,
+    },
+    /// An input tensor has the wrong shape.
+    #[error("{what}: {message}")]
+    InputShape {
+        /// Which input.
+        what: String,
+        /// What is wrong with its shape.
+        message: String,
+    },
+    /// A scheduler was used out of order (no `set_timesteps`, a timestep not in the schedule,
+    /// stepping past the end, no noise left to inject).
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+}
+
+impl DiffusionError {
+    /// A [`DiffusionError::Config`].
+    pub fn config(context: impl Into<String>, message: impl Into<String>) -> Self {
+        DiffusionError::Config {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A [`DiffusionError::InputShape`].
+    pub fn input_shape(what: impl Into<String>, message: impl Into<String>) -> Self {
+        DiffusionError::InputShape {
+            what: what.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// Result alias for `cielr-diffusion`.

@@ -33,7 +33,11 @@ pub mod inpaint;
 pub mod patchmatch;
 pub mod recolor;
 mod rng;
+pub mod schedulers;
 pub mod telea;
+pub mod unet;
+pub mod vae;
+pub mod weights;
 
 pub use colour::{lookup_colour, parse_colour, parse_hex_colour, Lab, NamedColour, COLOUR_NAMES};
 pub use editor::ClassicalEditor;
