@@ -1,6 +1,15 @@
 //! `cielr-diffusion`: the editors of cielr (complex image editing via LLM reasoning).
 //!
-//! For now this crate holds the classical, non-neural editing, behind [`ClassicalEditor`]:
+//! Two families of editing live here.
+//!
+//! The generative models of Stable Diffusion inpainting, ported to Burn and checked against
+//! diffusers on random checkpoints (`tools/parity/diffusers_*`): the schedulers
+//! ([`schedulers`]: DDIM, PNDM, Euler, Euler ancestral, DPM-Solver++), the VAE
+//! ([`vae::AutoencoderKl`]) and the UNet ([`unet::UNet2DConditionModel`], 9 input channels
+//! for inpainting). Unfinished: the inpainting pipeline and `Editor` that join them with
+//! CLIP's text encoder, and LaMa.
+//!
+//! The classical, non-neural editing, behind [`ClassicalEditor`]:
 //!
 //! * **removal** by inpainting, with Telea's fast marching method ([`inpaint_telea`]) or a
 //!   multi-scale PatchMatch exemplar inpainter ([`inpaint_patchmatch`], the default: it
