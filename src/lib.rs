@@ -6,11 +6,11 @@
 //! executes them inside masks, keeping every pixel outside the edit region.
 //!
 //! This facade re-exports the workspace crates:
-//! - [`core`]: SSR, masks, actions and plans, the stage traits, the reasoning steps and the pipeline;
-//! - [`scene`]: perception (SSR builders);
-//! - [`planner`]: language models;
-//! - [`diffusion`]: editors;
-//! - [`eval`]: metrics and benchmarks.
+//! - [`core`] holds the SSR, masks, actions and plans, the stage traits, the reasoning steps and the pipeline;
+//! - [`scene`] holds perception (SSR builders);
+//! - [`planner`] holds the language models;
+//! - [`diffusion`] holds the editors;
+//! - [`eval`] will hold metrics and benchmarks.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -181,3 +181,32 @@ fn edit_writes_image_report_and_overlay_and_keeps_outside_pixels() {
     assert_eq!(report["components"]["language_model"], "scripted");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The default model (SmolLM2-135M-Instruct, fetched by tools/setup-models.sh) gives a valid
+/// plan whatever it thinks: every answer is constrained and checked.
+#[test]
+fn the_default_local_model_always_yields_a_valid_plan() {
+    let scene = cielr::core::Scene::load(&asset("coffee.ssr.json")).unwrap();
+    for instruction in [
+        "What here is used for stirring? Remove it.",
+        "Make the saucer green, then remove the spoon.",
+    ] {
+        let out = cielr()
+            .args(["plan", "--json", "--llm", "smollm2", "--scene"])
+            .arg(asset("coffee.ssr.json"))
+            .arg(instruction)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "needs tools/setup-models.sh; {stderr}"
+        );
+        let plan = cielr::core::Plan::from_json(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        assert!(!plan.steps.is_empty());
+        for step in &plan.steps {
+            step.validate(&scene).unwrap();
+            assert!(!step.prompt.trim().is_empty());
+        }
+    }
+}

@@ -93,7 +93,8 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
         }
         None => default_scene_builder()?,
     };
-    let chosen = models::language_model(a.reasoning.llm.as_deref())?;
+    let chosen =
+        models::language_model(a.reasoning.llm.as_deref(), a.reasoning.llm_model.as_deref())?;
     let model = chosen.model.clone();
     let planner = Arc::new(a.reasoning.planner(&chosen));
     let editor = editor(a.editor);

@@ -27,11 +27,16 @@ enum Command {
 /// Options shared by the commands that reason.
 #[derive(Args, Debug, Clone)]
 pub struct ReasoningArgs {
-    /// The language model: `smollm2` (the default, from the model cache), `local:<model.gguf or
-    /// HuggingFace folder>`, or `scripted:<answers.json>` to replay recorded answers.
-    /// Defaults to the CIELR_LLM environment variable, then `smollm2`.
+    /// The language model: `smollm2` (the default, from the model cache), a GGUF file or
+    /// HuggingFace folder (also as `local:<path>`), `http(s)://<server>` for an
+    /// OpenAI-compatible server (with --llm-model), or `scripted:<answers.json>` to replay
+    /// recorded answers. Defaults to the CIELR_LLM environment variable, then `smollm2`.
     #[arg(long, value_name = "SPEC", env = "CIELR_LLM")]
     llm: Option<String>,
+    /// The model name to request from an OpenAI-compatible server (--llm http://...); the
+    /// API key is read from OPENAI_API_KEY when set.
+    #[arg(long, value_name = "NAME", env = "CIELR_LLM_MODEL")]
+    llm_model: Option<String>,
     /// Reasoning rounds per step (the last one must choose a target).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     rounds: u32,

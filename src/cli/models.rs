@@ -7,10 +7,11 @@ use anyhow::{bail, Context};
 use cielr::core::{LanguageModel, ScriptedLanguageModel, TargetSelection};
 use cielr::planner::gguf::smollm2_gguf_path;
 use cielr::planner::local::LocalLlm;
+use cielr::planner::openai::{OpenAiCompatible, OpenAiConfig};
 
 const LLM_HELP: &str = "use --llm smollm2 (after tools/setup-models.sh fetches it), \
---llm local:<model.gguf | HuggingFace folder>, or --llm scripted:<answers.json> (see docs/cli.md); \
-CIELR_LLM sets the default";
+--llm <model.gguf | HuggingFace folder>, --llm http://<server> --llm-model <name> for an \
+OpenAI-compatible server, or --llm scripted:<answers.json> (see docs/cli.md); CIELR_LLM sets the default";
 
 /// A language model and how its targets are best asked for.
 pub struct ChosenModel {
@@ -22,11 +23,20 @@ pub struct ChosenModel {
 
 /// Builds the language model named by `--llm`; without one, the default SmolLM2 model when
 /// it is in the model cache.
-pub fn language_model(spec: Option<&str>) -> anyhow::Result<ChosenModel> {
+pub fn language_model(
+    spec: Option<&str>,
+    served_model: Option<&str>,
+) -> anyhow::Result<ChosenModel> {
     let spec = spec
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .unwrap_or("smollm2");
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        return served(spec, served_model);
+    }
+    if Path::new(spec).exists() {
+        return local(Path::new(spec));
+    }
     let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
     match kind {
         "scripted" => {
@@ -63,5 +73,20 @@ fn local(path: &Path) -> anyhow::Result<ChosenModel> {
     Ok(ChosenModel {
         model: Arc::new(model),
         targets: TargetSelection::Name,
+    })
+}
+
+fn served(url: &str, model: Option<&str>) -> anyhow::Result<ChosenModel> {
+    let Some(model) = model.map(str::trim).filter(|m| !m.is_empty()) else {
+        bail!(
+            "--llm {url} is a served model: name it with --llm-model <name> (or CIELR_LLM_MODEL)"
+        );
+    };
+    let config = OpenAiConfig::new(url, model);
+    let client = OpenAiCompatible::new(config)
+        .with_context(|| format!("configuring the server at {url}"))?;
+    Ok(ChosenModel {
+        model: Arc::new(client),
+        targets: TargetSelection::Ids,
     })
 }

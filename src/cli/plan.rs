@@ -27,7 +27,8 @@ pub struct PlanArgs {
 /// Runs `cielr plan`.
 pub fn run(a: PlanArgs) -> anyhow::Result<()> {
     let scene = Scene::load(&a.scene).context("reading the SSR given by --scene")?;
-    let chosen = models::language_model(a.reasoning.llm.as_deref())?;
+    let chosen =
+        models::language_model(a.reasoning.llm.as_deref(), a.reasoning.llm_model.as_deref())?;
     let planner = a.reasoning.planner(&chosen);
     let out = pollster::block_on(plan(
         &planner,

@@ -1,6 +1,7 @@
 //! `cielr-core`: the structured semantic representation (SSR), actions and plans, the stage
 //! traits, the reasoning steps and the pipeline of CIELR (complex image editing via LLM
-//! reasoning), plus mask and image utilities.
+//! reasoning), plus mask and image utilities, and [`weights`]: safetensors checkpoint
+//! reading and Burn layers built by tensor name, shared by the model crates.
 //!
 //! ```
 //! use cielr_core::{Scene, Mask, BBox};
@@ -27,6 +28,7 @@ pub mod reasoning;
 pub mod scene;
 pub mod spatial;
 pub mod traits;
+pub mod weights;
 
 pub use error::{CoreError, Result};
 pub use geometry::BBox;

@@ -151,3 +151,36 @@ impl From<CoreError> for DiffusionError {
         DiffusionError::Core(e.to_string())
     }
 }
+
+impl From<cielr_core::weights::WeightsError> for DiffusionError {
+    fn from(e: cielr_core::weights::WeightsError) -> Self {
+        use cielr_core::weights::WeightsError as W;
+        match e {
+            W::Io { path, source } => DiffusionError::Io {
+                path: path.display().to_string(),
+                message: source.to_string(),
+            },
+            W::Json { path, source } => {
+                DiffusionError::config(path.display().to_string(), source.to_string())
+            }
+            W::Config { context, message } => DiffusionError::Config { context, message },
+            W::Safetensors { path, message } => DiffusionError::Safetensors {
+                path: path.display().to_string(),
+                message,
+            },
+            W::MissingTensor { name, checkpoint } => {
+                DiffusionError::MissingTensor { name, checkpoint }
+            }
+            W::TensorShape {
+                name,
+                expected,
+                actual,
+            } => DiffusionError::TensorShape {
+                name,
+                expected,
+                actual,
+            },
+            W::TensorDtype { name, dtype } => DiffusionError::TensorDtype { name, dtype },
+        }
+    }
+}

@@ -100,6 +100,20 @@ impl From<PlannerError> for CoreError {
     }
 }
 
+impl From<cielr_core::weights::WeightsError> for PlannerError {
+    fn from(e: cielr_core::weights::WeightsError) -> Self {
+        use cielr_core::weights::WeightsError as W;
+        match e {
+            W::Io { path, source } => PlannerError::io(path, source),
+            W::Json { path, source } => PlannerError::Json {
+                context: path.display().to_string(),
+                source,
+            },
+            other => PlannerError::Model(other.to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

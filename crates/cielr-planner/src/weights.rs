@@ -9,14 +9,12 @@
 //! models to the interleaved ("GPT-J") rotary layout; [`GgufWeights`] undoes that
 //! permutation, so the same decoder (with the "rotate half" layout) runs both formats.
 
-use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
-use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors};
+use burn::tensor::{Tensor, TensorData};
+use cielr_core::weights::{TensorStore, DEFAULT_FILES};
 
 use crate::error::PlannerError;
 use crate::gguf::{GgufFile, GgufValue};
@@ -86,26 +84,18 @@ pub trait TensorSource {
     fn load(&self, hf_name: &str) -> Result<Option<TensorData>>;
 }
 
-/// The tensors of a safetensors checkpoint (one file or several shards), memory-mapped.
+/// The tensors of a safetensors checkpoint (one file or several shards), memory-mapped by
+/// [`cielr_core::weights::TensorStore`].
 pub struct SafetensorsWeights {
-    shards: Vec<Shard>,
-    index: HashMap<String, usize>,
+    store: TensorStore,
     origin: String,
-}
-
-struct Shard {
-    path: PathBuf,
-    map: memmap2::Mmap,
-    header_len: usize,
-    metadata: Metadata,
 }
 
 impl std::fmt::Debug for SafetensorsWeights {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SafetensorsWeights")
             .field("origin", &self.origin)
-            .field("shards", &self.shards.len())
-            .field("tensors", &self.index.len())
+            .field("tensors", &self.store.len())
             .finish()
     }
 }
@@ -116,83 +106,29 @@ impl SafetensorsWeights {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        if single.is_file() {
-            return Self::open_files(&[single], dir.display().to_string());
-        }
-        if !index.is_file() {
+        if !single.is_file() && !index.is_file() {
             return Err(model_err(format!(
                 "{} holds neither model.safetensors nor model.safetensors.index.json",
                 dir.display()
             )));
         }
-        let text = std::fs::read_to_string(&index).map_err(|e| PlannerError::io(&index, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|source| PlannerError::Json {
-                context: index.display().to_string(),
-                source,
-            })?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| model_err(format!("{} has no weight_map", index.display())))?;
-        let mut files: Vec<String> = Vec::new();
-        for v in map.values() {
-            let f = v.as_str().ok_or_else(|| {
-                model_err(format!(
-                    "{}: weight_map values must be file names",
-                    index.display()
-                ))
-            })?;
-            if f.contains('/') || f.contains('\\') || f == ".." {
-                return Err(model_err(format!(
-                    "{}: shard name {f:?} leaves the folder",
-                    index.display()
-                )));
-            }
-            if !files.iter().any(|x| x == f) {
-                files.push(f.to_string());
-            }
-        }
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-        Self::open_files(&paths, dir.display().to_string())
+        Ok(SafetensorsWeights {
+            store: TensorStore::open_in_dir(dir, DEFAULT_FILES)?,
+            origin: dir.display().to_string(),
+        })
     }
 
     /// Opens one or more safetensors files as one set of tensors.
     pub fn open_files(paths: &[PathBuf], origin: String) -> Result<Self> {
-        let mut shards = Vec::with_capacity(paths.len());
-        let mut index = HashMap::new();
-        for path in paths {
-            let file = File::open(path).map_err(|e| PlannerError::io(path, e))?;
-            // SAFETY: the mapping is read-only; like every memory-mapped reader we rely on the
-            // checkpoint not being modified while it is open.
-            let map =
-                unsafe { memmap2::Mmap::map(&file) }.map_err(|e| PlannerError::io(path, e))?;
-            let (header_len, metadata) = SafeTensors::read_metadata(&map).map_err(|e| {
-                model_err(format!(
-                    "{}: not a valid safetensors file: {e}",
-                    path.display()
-                ))
-            })?;
-            for name in metadata.tensors().keys() {
-                index.insert(name.clone(), shards.len());
-            }
-            shards.push(Shard {
-                path: path.clone(),
-                map,
-                header_len,
-                metadata,
-            });
-        }
         Ok(SafetensorsWeights {
-            shards,
-            index,
+            store: TensorStore::open_files(paths)?,
             origin,
         })
     }
 
     /// Names of all tensors.
     pub fn names(&self) -> Vec<&str> {
-        self.index.keys().map(String::as_str).collect()
+        self.store.names()
     }
 }
 
@@ -202,47 +138,11 @@ impl TensorSource for SafetensorsWeights {
     }
 
     fn load(&self, name: &str) -> Result<Option<TensorData>> {
-        let Some(&s) = self.index.get(name) else {
+        if !self.store.contains(name) {
             return Ok(None);
-        };
-        let shard = &self.shards[s];
-        let err = |m: String| model_err(format!("{}, tensor {name}: {m}", shard.path.display()));
-        let info = shard
-            .metadata
-            .info(name)
-            .ok_or_else(|| err("missing from the header".into()))?;
-        let base = 8 + shard.header_len;
-        let (start, end) = match (
-            base.checked_add(info.data_offsets.0),
-            base.checked_add(info.data_offsets.1),
-        ) {
-            (Some(s), Some(e)) => (s, e),
-            _ => return Err(err("its data offsets overflow".into())),
-        };
-        let bytes = shard
-            .map
-            .get(start..end)
-            .ok_or_else(|| err("its data lies outside the file".into()))?;
-        let dtype = match info.dtype {
-            StDtype::F32 => DType::F32,
-            StDtype::F16 => DType::F16,
-            StDtype::BF16 => DType::BF16,
-            StDtype::F64 => DType::F64,
-            other => return Err(err(format!("unsupported dtype {other:?}"))),
-        };
-        let n = info
-            .shape
-            .iter()
-            .try_fold(dtype.size(), |acc, &d| acc.checked_mul(d));
-        if n != Some(bytes.len()) {
-            return Err(err(format!(
-                "shape {:?} does not match {} bytes of {dtype:?}",
-                info.shape,
-                bytes.len()
-            )));
         }
-        let data = TensorData::from_bytes_vec(bytes.to_vec(), info.shape.clone(), dtype);
-        Ok(Some(data.convert::<f32>()))
+        let (shape, values) = self.store.read(name)?;
+        Ok(Some(TensorData::new(values, shape)))
     }
 }
 

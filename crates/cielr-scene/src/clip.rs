@@ -19,24 +19,22 @@
 //! - [`ClipTokenizer`]: CLIP's BPE tokenizer from a `tokenizer.json`, padded and truncated
 //!   as transformers does.
 //! - [`Checkpoint`] / [`Weights`]: safetensors reading (single file or sharded; f32, f16,
-//!   bf16, f64 converted to f32), errors naming the tensor.
+//!   bf16, f64 converted to f32), errors naming the tensor, from [`cielr_core::weights`].
 //!
 //! Parity with transformers 5.24 is checked by the `clip_*` tests against fixtures written by
 //! `tools/parity/clip.py`. Not supported: `interpolate_pos_encoding` (inputs must have the
 //! config's `image_size`), non-square image or patch sizes.
 
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
+use burn::nn::{Embedding, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use safetensors::tensor::{Dtype, Metadata};
-use safetensors::SafeTensors;
+use cielr_core::weights::TensorStore;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -541,308 +539,56 @@ impl ClipConfig {
 
 // ============================================================================ checkpoints
 
-struct CheckpointFile {
-    path: PathBuf,
-    bytes: Vec<u8>,
-    data_start: usize,
-    metadata: Metadata,
-}
+pub use cielr_core::weights::Weights;
 
-/// The tensors of a safetensors checkpoint: one file, or the shards listed in a
-/// `model.safetensors.index.json`. Tensors are converted to f32 when read.
-pub struct Checkpoint {
-    files: Vec<CheckpointFile>,
-    index: HashMap<String, usize>,
-}
-
-impl std::fmt::Debug for Checkpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint")
-            .field("files", &self.describe())
-            .field("tensors", &self.index.len())
-            .finish()
-    }
-}
+/// The tensors of a safetensors checkpoint (memory-mapped by [`cielr_core::weights`]): one
+/// file, or the shards listed in a `model.safetensors.index.json`. Tensors are converted to
+/// f32 when read.
+#[derive(Debug)]
+pub struct Checkpoint(TensorStore);
 
 impl Checkpoint {
     /// Opens a checkpoint: a `.safetensors` file, a `model.safetensors.index.json`, or a
     /// folder holding either (`model.safetensors` first).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        if path.is_dir() {
-            let single = path.join("model.safetensors");
-            let index = path.join("model.safetensors.index.json");
-            return if single.is_file() {
-                Self::open_files(&[single])
-            } else if index.is_file() {
-                Self::open(index)
-            } else {
-                Err(SceneError::io(
-                    &single,
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "neither model.safetensors nor model.safetensors.index.json is in this \
-                         folder",
-                    ),
-                ))
-            };
-        }
-        if path.extension().is_some_and(|e| e == "json") {
-            let index = read_json(path)?;
-            let map = index
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .ok_or_else(|| SceneError::config(path.display().to_string(), "no weight_map"))?;
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let mut shards: Vec<PathBuf> = Vec::new();
-            for file in map.values() {
-                let name = file.as_str().ok_or_else(|| {
-                    SceneError::config(
-                        path.display().to_string(),
-                        "weight_map values must be file names",
-                    )
-                })?;
-                let p = dir.join(name);
-                if !shards.contains(&p) {
-                    shards.push(p);
-                }
-            }
-            return Self::open_files(&shards);
-        }
-        Self::open_files(&[path.to_path_buf()])
-    }
-
-    fn open_files(paths: &[PathBuf]) -> Result<Self> {
-        let mut files = Vec::new();
-        for p in paths {
-            let bytes = std::fs::read(p).map_err(|e| SceneError::io(p, e))?;
-            files.push((p.clone(), bytes));
-        }
-        Self::from_buffers(files)
+        Ok(Checkpoint(TensorStore::open(path)?))
     }
 
     /// A checkpoint from safetensors bytes already in memory, each with a label used in
     /// error messages.
     pub fn from_buffers(buffers: Vec<(PathBuf, Vec<u8>)>) -> Result<Self> {
-        let mut files = Vec::new();
-        let mut index = HashMap::new();
-        for (i, (path, bytes)) in buffers.into_iter().enumerate() {
-            let (n, metadata) =
-                SafeTensors::read_metadata(&bytes).map_err(|e| SceneError::Safetensors {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            for name in metadata.tensors().keys() {
-                index.insert(name.clone(), i);
-            }
-            files.push(CheckpointFile {
-                path,
-                bytes,
-                data_start: 8 + n,
-                metadata,
-            });
-        }
-        Ok(Checkpoint { files, index })
+        Ok(Checkpoint(TensorStore::from_buffers(buffers)?))
     }
 
-    fn describe(&self) -> String {
-        self.files
-            .iter()
-            .map(|f| f.path.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// The shared tensor store.
+    pub fn store(&self) -> &TensorStore {
+        &self.0
     }
 
     /// All tensor names, sorted.
     pub fn names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.index.keys().map(String::as_str).collect();
-        v.sort_unstable();
-        v
+        self.0.names()
     }
 
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.0.contains(name)
     }
 
     /// The shape of `name`, if present.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let f = &self.files[*self.index.get(name)?];
-        f.metadata.info(name).map(|i| i.shape.clone())
+        self.0.shape(name)
     }
 
     /// Reads `name` as f32, checking its shape against `expected` (an empty `expected`
     /// also accepts a one-element tensor of any rank, for scalars such as `logit_scale`).
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        let missing = || SceneError::MissingTensor {
-            name: name.to_string(),
-            checkpoint: self.describe(),
-        };
-        let file = &self.files[*self.index.get(name).ok_or_else(missing)?];
-        let info = file.metadata.info(name).ok_or_else(missing)?;
-        let count: usize = info.shape.iter().product();
-        let scalar_ok = expected.is_empty() && count == 1;
-        if info.shape != expected && !scalar_ok {
-            return Err(SceneError::TensorShape {
-                name: name.to_string(),
-                expected: expected.to_vec(),
-                actual: info.shape.clone(),
-            });
-        }
-        let (start, end) = info.data_offsets;
-        let bytes = file
-            .bytes
-            .get(file.data_start + start..file.data_start + end)
-            .ok_or_else(|| SceneError::Safetensors {
-                path: file.path.clone(),
-                message: format!("data of `{name}` lies outside the file"),
-            })?;
-        let width = match info.dtype {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::F64 => 8,
-            other => {
-                return Err(SceneError::TensorDtype {
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        if bytes.len() != count * width {
-            return Err(SceneError::Safetensors {
-                path: file.path.clone(),
-                message: format!(
-                    "`{name}` has {} bytes for {count} {:?} values",
-                    bytes.len(),
-                    info.dtype
-                ),
-            });
-        }
-        Ok(match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            _ => bytes
-                .chunks_exact(8)
-                .map(|b| {
-                    f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
-                })
-                .collect(),
-        })
+        Ok(self.0.read_f32(name, expected)?)
     }
 
     /// The root of the tensor names, to build modules from.
     pub fn weights(&self) -> Weights<'_> {
-        Weights {
-            checkpoint: self,
-            prefix: String::new(),
-        }
-    }
-}
-
-/// A position in a checkpoint's name tree (candle's `VarBuilder` idea): `pp` descends,
-/// the typed readers build Burn parameters from the tensors below.
-#[derive(Clone)]
-pub struct Weights<'a> {
-    checkpoint: &'a Checkpoint,
-    prefix: String,
-}
-
-impl<'a> Weights<'a> {
-    /// The sub-tree `prefix.name`.
-    pub fn pp(&self, name: impl Display) -> Weights<'a> {
-        Weights {
-            checkpoint: self.checkpoint,
-            prefix: self.name(name),
-        }
-    }
-
-    /// The full name of `leaf` here.
-    pub fn name(&self, leaf: impl Display) -> String {
-        if self.prefix.is_empty() {
-            leaf.to_string()
-        } else {
-            format!("{}.{leaf}", self.prefix)
-        }
-    }
-
-    /// Whether the tensor `leaf` exists here.
-    pub fn contains(&self, leaf: impl Display) -> bool {
-        self.checkpoint.contains(&self.name(leaf))
-    }
-
-    /// Reads `leaf` with the given shape.
-    pub fn tensor<B: Backend, const D: usize>(
-        &self,
-        leaf: &str,
-        shape: [usize; D],
-        device: &B::Device,
-    ) -> Result<Tensor<B, D>> {
-        let data = self.checkpoint.read_f32(&self.name(leaf), &shape)?;
-        Ok(Tensor::from_data(TensorData::new(data, shape), device))
-    }
-
-    /// `nn.Linear(d_in, d_out)`: torch's `[d_out, d_in]` weight, transposed to Burn's layout.
-    pub fn linear<B: Backend>(
-        &self,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-        device: &B::Device,
-    ) -> Result<Linear<B>> {
-        let w = self
-            .checkpoint
-            .read_f32(&self.name("weight"), &[d_out, d_in])?;
-        let mut t = vec![0f32; w.len()];
-        for o in 0..d_out {
-            for i in 0..d_in {
-                t[i * d_out + o] = w[o * d_in + i];
-            }
-        }
-        let weight = Tensor::from_data(TensorData::new(t, [d_in, d_out]), device);
-        let bias = if bias {
-            Some(Param::from_tensor(self.tensor("bias", [d_out], device)?))
-        } else {
-            None
-        };
-        Ok(Linear {
-            weight: Param::from_tensor(weight),
-            bias,
-        })
-    }
-
-    /// `nn.LayerNorm(d, eps)`.
-    pub fn layer_norm<B: Backend>(
-        &self,
-        d: usize,
-        eps: f64,
-        device: &B::Device,
-    ) -> Result<LayerNorm<B>> {
-        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(device);
-        ln.gamma = Param::from_tensor(self.tensor("weight", [d], device)?);
-        ln.beta = Some(Param::from_tensor(self.tensor("bias", [d], device)?));
-        Ok(ln)
-    }
-
-    /// `nn.Embedding(n, d)`.
-    pub fn embedding<B: Backend>(
-        &self,
-        n: usize,
-        d: usize,
-        device: &B::Device,
-    ) -> Result<Embedding<B>> {
-        Ok(Embedding {
-            weight: Param::from_tensor(self.tensor("weight", [n, d], device)?),
-        })
+        self.0.weights()
     }
 }
 
@@ -1521,7 +1267,7 @@ impl<B: Backend> ClipModel<B> {
             &config.vision_config,
             config.projection_dim,
         );
-        let scale = w.checkpoint.read_f32(&w.name("logit_scale"), &[])?;
+        let scale = w.read_f32("logit_scale", &[])?;
         Ok(ClipModel {
             text_model: ClipTextTransformer::load(&w.pp("text_model"), t, device)?,
             vision_model: ClipVisionTransformer::load(&w.pp("vision_model"), v, device)?,

@@ -121,3 +121,26 @@ impl From<SceneError> for cielr_core::CoreError {
         cielr_core::CoreError::Model(e.to_string())
     }
 }
+
+impl From<cielr_core::weights::WeightsError> for SceneError {
+    fn from(e: cielr_core::weights::WeightsError) -> Self {
+        use cielr_core::weights::WeightsError as W;
+        match e {
+            W::Io { path, source } => SceneError::io(path, source),
+            W::Json { path, source } => SceneError::json(path.display().to_string(), source),
+            W::Config { context, message } => SceneError::config(context, message),
+            W::Safetensors { path, message } => SceneError::Safetensors { path, message },
+            W::MissingTensor { name, checkpoint } => SceneError::MissingTensor { name, checkpoint },
+            W::TensorShape {
+                name,
+                expected,
+                actual,
+            } => SceneError::TensorShape {
+                name,
+                expected,
+                actual,
+            },
+            W::TensorDtype { name, dtype } => SceneError::TensorDtype { name, dtype },
+        }
+    }
+}
