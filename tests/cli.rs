@@ -102,10 +102,14 @@ fn missing_model_and_bad_inputs_tell_the_user_what_to_do() {
             "--llm",
             "scripted:/dev/null",
         ])
+        .env("CIELR_CACHE", &empty_home)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("--scene"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("--scene") && err.contains("tools/setup-models.sh"),
+        "{err}"
+    );
 
     let out = cielr()
         .args(["plan", "--scene"])
