@@ -1,7 +1,14 @@
 //! [`CocoDetectorSceneBuilder`]: an SSR from a COCO detector (CenterNet-MobileNetV3).
 //!
-//! Each detection becomes a [`SceneObject`] with its COCO label, box and score; its region
-//! is the box (`mask: None`; masks come with a segmenter). Depth is a cheap monocular cue,
+//! Each detection becomes a [`SceneObject`] with its COCO label, box and score, and a
+//! class-agnostic mask made from the box as [`MaskMode`] says (see [`crate::grabcut`]): by
+//! default GrabCut inside the box, falling back to the inscribed ellipse when the
+//! segmentation fails. The object's `"mask"` attribute records how its mask was made
+//! (`"grabcut"`, `"ellipse-fallback"`, `"box-fallback"`, `"ellipse"`); with [`MaskMode::Box`]
+//! the object has no mask and no such attribute, and its region is the box. The object's
+//! `bbox` stays the detector's box, not the mask's tight box: refining matches detections to
+//! existing objects by box IoU, the depth cue and the spatial operations read the box, and a
+//! fallback mask says nothing new about the extent. Depth is a cheap monocular cue,
 //! labelled as such in `Scene::depth_source` (`"vertical-position-cue"`): the lower the
 //! bottom edge of the box in the frame, the nearer the object (`depth = y1 / height`, larger
 //! = nearer, as the SSR format wants). It holds for objects standing on a common ground
@@ -12,19 +19,20 @@
 //! detections of the last few images are cached by a SHA-256 of the pixels, so `refine` with
 //! new labels re-filters them instead of running the network again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use burn::tensor::backend::Backend;
 use cielr_core::backend::CpuBackend;
-use cielr_core::{CoreError, Scene, SceneBuilder, SceneObject};
+use cielr_core::{BBox, CoreError, Mask, Scene, SceneBuilder, SceneObject};
 use image::RgbImage;
 use sha2::{Digest, Sha256};
 
 use crate::centernet::{CenterNet, DetectOptions, Detection};
 use crate::coco::{coco_class, COCO_LABELS};
 use crate::error::Result;
+use crate::grabcut::{object_mask, GrabCutOptions, MaskMode, MaskSource};
 use crate::model_cache::ModelCache;
 
 /// The `depth_source` of scenes whose depth is the vertical-position cue.
@@ -36,30 +44,155 @@ const CACHED_IMAGES: usize = 8;
 const SAME_OBJECT_IOU: f64 = 0.9;
 
 type ImageKey = [u8; 32];
+/// A box's coordinates, bit for bit.
+type BoxKey = [u64; 4];
+/// The masks made for the boxes of one image.
+type MaskCache = Vec<(ImageKey, HashMap<BoxKey, (Mask, MaskSource)>)>;
 
 /// A [`SceneBuilder`] over CenterNet's COCO detections.
 pub struct CocoDetectorSceneBuilder<B: Backend = CpuBackend> {
     detector: CenterNet<B>,
     options: DetectOptions,
+    mask_mode: MaskMode,
+    grabcut: GrabCutOptions,
     cache: Mutex<Vec<(ImageKey, Arc<Vec<Detection>>)>>,
+    masks: Mutex<MaskCache>,
 }
 
 impl<B: Backend> std::fmt::Debug for CocoDetectorSceneBuilder<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CocoDetectorSceneBuilder")
             .field("options", &self.options)
+            .field("mask_mode", &self.mask_mode)
+            .field("grabcut", &self.grabcut)
             .finish_non_exhaustive()
     }
 }
 
 impl<B: Backend> CocoDetectorSceneBuilder<B> {
-    /// Wraps a loaded detector.
+    /// Wraps a loaded detector; objects get GrabCut masks with the default options (see
+    /// [`CocoDetectorSceneBuilder::with_masks`]).
     pub fn new(detector: CenterNet<B>, options: DetectOptions) -> Self {
         CocoDetectorSceneBuilder {
             detector,
             options,
+            mask_mode: MaskMode::default(),
+            grabcut: GrabCutOptions::default(),
             cache: Mutex::new(Vec::new()),
+            masks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Chooses how objects' masks are made from their boxes (and GrabCut's settings).
+    /// Fails when the GrabCut settings are out of range.
+    pub fn with_masks(mut self, mode: MaskMode, grabcut: GrabCutOptions) -> Result<Self> {
+        grabcut.validate()?;
+        self.mask_mode = mode;
+        self.grabcut = grabcut;
+        self.masks = Mutex::new(Vec::new());
+        Ok(self)
+    }
+
+    /// How objects' masks are made.
+    pub fn mask_mode(&self) -> MaskMode {
+        self.mask_mode
+    }
+
+    /// GrabCut's settings.
+    pub fn grabcut_options(&self) -> &GrabCutOptions {
+        &self.grabcut
+    }
+
+    /// Gives each object a mask made from its box as [`CocoDetectorSceneBuilder::mask_mode`]
+    /// says and records how in its `"mask"` attribute; with [`MaskMode::Box`] nothing
+    /// changes. Masks of the last few images are cached by box, so `refine` does not
+    /// segment an object twice; new ones are spread over the available cores.
+    pub fn attach_masks(&self, image: &RgbImage, objects: &mut [SceneObject]) -> Result<()> {
+        if self.mask_mode == MaskMode::Box || objects.is_empty() {
+            return Ok(());
+        }
+        let key = image_key(image);
+        let known = self.cached_masks(&key, objects.iter().map(|o| &o.bbox));
+        let todo: Vec<BBox> = objects
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|(o, _)| o.bbox)
+            .collect();
+        let made = self.make_masks(image, &todo)?;
+        {
+            let mut cache = self.masks.lock().unwrap_or_else(|e| e.into_inner());
+            let i = match cache.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    if cache.len() >= CACHED_IMAGES {
+                        cache.remove(0);
+                    }
+                    cache.push((key, HashMap::new()));
+                    cache.len() - 1
+                }
+            };
+            for (b, m) in todo.iter().zip(&made) {
+                cache[i].1.insert(box_key(b), m.clone());
+            }
+        }
+        let mut made = made.into_iter();
+        for (o, k) in objects.iter_mut().zip(known) {
+            if let Some((mask, source)) = k.or_else(|| made.next()) {
+                o.attributes
+                    .insert("mask".into(), source.as_str().to_string());
+                o.mask = Some(mask);
+            }
+        }
+        Ok(())
+    }
+
+    fn cached_masks<'a>(
+        &self,
+        key: &ImageKey,
+        boxes: impl Iterator<Item = &'a BBox>,
+    ) -> Vec<Option<(Mask, MaskSource)>> {
+        let cache = self.masks.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = cache.iter().find(|(k, _)| k == key).map(|(_, m)| m);
+        boxes
+            .map(|b| entry.and_then(|m| m.get(&box_key(b)).cloned()))
+            .collect()
+    }
+
+    /// Masks for `boxes`, computed on as many threads as there are cores.
+    fn make_masks(&self, image: &RgbImage, boxes: &[BBox]) -> Result<Vec<(Mask, MaskSource)>> {
+        if boxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, boxes.len());
+        let chunk = boxes.len().div_ceil(threads);
+        let (mode, options) = (self.mask_mode, &self.grabcut);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = boxes
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || -> Result<Vec<(Mask, MaskSource)>> {
+                        part.iter()
+                            .map(|b| {
+                                object_mask(image, b, mode, options).map(|m| (m.mask, m.source))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(boxes.len());
+            for w in workers {
+                let part = w.join().unwrap_or_else(|_| {
+                    Err(crate::error::SceneError::InvalidInput(
+                        "a mask worker panicked".into(),
+                    ))
+                })?;
+                out.extend(part);
+            }
+            Ok(out)
+        })
     }
 
     /// Loads CenterNet from the model cache (see [`ModelCache::centernet_json`]).
@@ -107,6 +240,15 @@ impl<B: Backend> CocoDetectorSceneBuilder<B> {
         cache.push(entry);
         Some(d)
     }
+}
+
+fn box_key(b: &BBox) -> BoxKey {
+    [
+        b.x0.to_bits(),
+        b.y0.to_bits(),
+        b.x1.to_bits(),
+        b.y1.to_bits(),
+    ]
 }
 
 fn image_key(image: &RgbImage) -> ImageKey {
@@ -174,6 +316,8 @@ where
                     .push(object(id, d, q.as_ref(), image.height(), true));
             }
         }
+        self.attach_masks(image, &mut scene.objects)
+            .map_err(core_error)?;
         scene.queries = queries.to_vec();
         scene.depth_source = Some(VERTICAL_POSITION_CUE.into());
         Ok(scene)
@@ -218,6 +362,7 @@ where
         let detections = self.detections(image).map_err(core_error)?;
         let wanted = wanted_classes(new_queries);
         let mut next_id = scene.objects.iter().map(|o| o.id + 1).max().unwrap_or(0);
+        let known = out.objects.len();
         for d in detections.iter() {
             let Some(q) = wanted.get(&d.class) else {
                 continue;
@@ -233,6 +378,8 @@ where
                 .push(object(next_id, d, q.as_ref(), image.height(), ours));
             next_id += 1;
         }
+        self.attach_masks(image, &mut out.objects[known..])
+            .map_err(core_error)?;
         Ok(out)
     }
 }

@@ -11,6 +11,8 @@ pub mod clip;
 pub mod coco;
 pub mod coco_detector;
 pub mod error;
+pub mod grabcut;
+pub mod maxflow;
 pub mod model_cache;
 pub mod preprocess;
 pub mod tfjs;

@@ -367,7 +367,8 @@ fn scene_builder_builds_filters_and_refines() {
     assert!(all.objects.iter().any(|o| o.label == "cup"));
     for (i, o) in all.objects.iter().enumerate() {
         assert_eq!(o.id, i as u32);
-        assert!(o.mask.is_none());
+        // GrabCut masks by default (tests/grabcut_*.rs), recorded in the attributes.
+        assert!(o.mask.is_some() && o.attributes.contains_key("mask"));
         let d = o.depth.unwrap();
         assert!((0.0..=1.0).contains(&d));
         assert!((d - o.bbox.y1 / 400.0).abs() < 1e-12);
