@@ -53,6 +53,10 @@ impl SceneObject {
     }
 }
 
+/// Attributes that record how an object was made (its mask's method, its source, the query
+/// word that found it): kept in the SSR file, left out of what the LLM reads.
+pub const PROVENANCE_ATTRIBUTES: [&str; 3] = ["mask", "source", "query"];
+
 /// An SSR: the image size, its objects and the detector queries that produced them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Scene {
@@ -320,7 +324,9 @@ impl Scene {
                 s.push_str(&format!(" | depth {d:.2}"));
             }
             for (k, v) in &o.attributes {
-                s.push_str(&format!(" | {k}: {v}"));
+                if !PROVENANCE_ATTRIBUTES.contains(&k.as_str()) {
+                    s.push_str(&format!(" | {k}: {v}"));
+                }
             }
             s.push('\n');
         }
@@ -388,5 +394,13 @@ mod tests {
         assert!(d.contains("depth 0.31"));
         assert!(d.contains("id 7: table"));
         assert!(d.contains("material: wood"));
+        let mut s = s;
+        s.objects[0]
+            .attributes
+            .insert("mask".into(), "grabcut".into());
+        assert!(
+            !s.describe().contains("grabcut"),
+            "provenance stays out of the prompt"
+        );
     }
 }
