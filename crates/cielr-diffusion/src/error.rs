@@ -117,6 +117,19 @@ pub enum DiffusionError {
     /// stepping past the end, no noise left to inject).
     #[error("scheduler: {0}")]
     Scheduler(String),
+    /// The text encoder or its tokenizer failed (an error from `cielr-scene`).
+    #[error("text encoder: {0}")]
+    TextEncoder(String),
+    /// An editor was asked for an op it does not perform.
+    #[error("the {editor} editor does not {op} objects: {hint}")]
+    EditorUnsupported {
+        /// The editor's name.
+        editor: String,
+        /// The op's name.
+        op: String,
+        /// Which editor to use instead.
+        hint: String,
+    },
 }
 
 impl DiffusionError {
@@ -143,6 +156,12 @@ pub type Result<T, E = DiffusionError> = std::result::Result<T, E>;
 impl From<DiffusionError> for CoreError {
     fn from(e: DiffusionError) -> Self {
         CoreError::Editor(e.to_string())
+    }
+}
+
+impl From<cielr_scene::SceneError> for DiffusionError {
+    fn from(e: cielr_scene::SceneError) -> Self {
+        DiffusionError::TextEncoder(e.to_string())
     }
 }
 

@@ -6,8 +6,9 @@
 //! diffusers on random checkpoints (`tools/parity/diffusers_*`): the schedulers
 //! ([`schedulers`]: DDIM, PNDM, Euler, Euler ancestral, DPM-Solver++), the VAE
 //! ([`vae::AutoencoderKl`]) and the UNet ([`unet::UNet2DConditionModel`], 9 input channels
-//! for inpainting). Unfinished: the inpainting pipeline and `Editor` that join them with
-//! CLIP's text encoder, and LaMa.
+//! for inpainting), joined with CLIP's text encoder (from `cielr-scene`) in the inpainting
+//! pipeline [`SdInpaintPipeline`] (diffusers' `StableDiffusionInpaintPipeline`) and the
+//! generative editor [`StableDiffusionInpaintEditor`] (replace, add). Unfinished: LaMa.
 //!
 //! The classical, non-neural editing, behind [`ClassicalEditor`]:
 //!
@@ -43,6 +44,8 @@ pub mod patchmatch;
 pub mod recolor;
 mod rng;
 pub mod schedulers;
+pub mod sd_editor;
+pub mod sd_inpaint;
 pub mod telea;
 pub mod unet;
 pub mod vae;
@@ -54,4 +57,6 @@ pub use error::{DiffusionError, Result};
 pub use inpaint::{inpaint, InpaintMethod};
 pub use patchmatch::{inpaint_patchmatch, PatchMatchOptions};
 pub use recolor::{recolor, recolor_prompt, RecolorOptions};
+pub use sd_editor::{SdEditorOptions, StableDiffusionInpaintEditor};
+pub use sd_inpaint::{InpaintOutput, InpaintParams, SdInpaintPipeline, StepProgress};
 pub use telea::{inpaint_telea, TeleaOptions};
