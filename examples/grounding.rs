@@ -19,6 +19,7 @@
 //! ```
 //!
 //! It prints a Markdown table and the shares; `--json` also writes every record.
+//! `--length-normalized` scores choices by mean token log-probability instead of the sum.
 //! `--reverse-order` lists the SSR's objects to the planner in reverse order (ids unchanged),
 //! a control for a model that just picks the first object listed.
 
@@ -109,11 +110,13 @@ fn main() -> anyhow::Result<()> {
     let mut manifest = PathBuf::from("assets/grounding/manifest.json");
     let mut json_out: Option<PathBuf> = None;
     let mut reverse_order = false;
+    let mut length_normalized = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--json" => json_out = Some(args.next().context("--json needs a path")?.into()),
             "--reverse-order" => reverse_order = true,
+            "--length-normalized" => length_normalized = true,
             s if s.starts_with("--") => bail!("unknown option {s}"),
             _ => manifest = a.into(),
         }
@@ -129,7 +132,8 @@ fn main() -> anyhow::Result<()> {
     )
     .context("the COCO detector is missing; run tools/setup-models.sh")?;
     let llm_path = smollm2_gguf_path().context("SmolLM2 is missing; run tools/setup-models.sh")?;
-    let model = Arc::new(LocalLlm::load(&llm_path)?);
+    let model =
+        Arc::new(LocalLlm::load(&llm_path)?.with_length_normalized_choices(length_normalized));
     let planner = CielrPlanner::with_options(
         model,
         ReasoningOptions {
