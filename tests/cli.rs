@@ -214,3 +214,71 @@ fn the_default_local_model_always_yields_a_valid_plan() {
         }
     }
 }
+
+#[test]
+fn the_sd_editor_replaces_inside_the_mask_only_and_needs_its_model() {
+    let dir = scratch("sd");
+    std::fs::create_dir_all(&dir).unwrap();
+    let answers = dir.join("answers.json");
+    std::fs::write(
+        &answers,
+        r#"[{"step":"multi_step","answer":"no"},{"step":"classify","answer":"replace"},
+            {"step":"judge","answer":"yes"},{"step":"choose_targets","answer":"{\"targets\": [2]}"},
+            {"step":"edit_prompt","answer":"{\"prompt\": \"a fork\"}"}]"#,
+    )
+    .unwrap();
+    let base = |c: &mut Command| {
+        c.arg("edit")
+            .arg(asset("coffee.png"))
+            .arg("Replace the spoon with a fork")
+            .arg("--scene")
+            .arg(asset("coffee.ssr.json"))
+            .arg("--llm")
+            .arg(format!("scripted:{}", answers.display()))
+            .args(["--editor", "sd15", "--steps", "2", "--sd-size", "64", "-o"])
+            .arg(dir.join("out.png"));
+    };
+    let mut c = cielr();
+    base(&mut c);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--sd-model"), "{err}");
+
+    let mut c = cielr();
+    base(&mut c);
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/cielr-diffusion/tests/fixtures/sd-inpaint-tiny");
+    let out = c.arg("--sd-model").arg(tiny).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out.report.json")).unwrap())
+            .unwrap();
+    assert!(report["components"]["editor"]
+        .as_str()
+        .unwrap()
+        .contains("replace=stable diffusion inpainting (sd-inpaint-tiny)"));
+    let rle: CocoRle = serde_json::from_value(report["edit_masks"][0]["mask"].clone()).unwrap();
+    let mask = Mask::from_coco(&rle).unwrap();
+    let (original, edited) = (
+        load_rgb(&asset("coffee.png")).unwrap(),
+        load_rgb(&dir.join("out.png")).unwrap(),
+    );
+    let mut changed = 0u64;
+    for (x, y, p) in edited.enumerate_pixels() {
+        if mask.get(x, y) {
+            changed += (p != original.get_pixel(x, y)) as u64;
+        } else {
+            assert_eq!(
+                p,
+                original.get_pixel(x, y),
+                "pixel ({x}, {y}) outside the mask changed"
+            );
+        }
+    }
+    assert!(changed > mask.area() / 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,6 +17,11 @@ use super::{models, progress, ReasoningArgs, SceneArg};
 pub enum EditorKind {
     /// Classical inpainting for removal and a luminance-keeping recolour; no replace/add.
     Classical,
+    /// Stable Diffusion 1.5 inpainting (a diffusers folder given by --sd-model) for replace
+    /// and add; removal and recolour stay classical.
+    Sd15,
+    /// Stable Diffusion 2 inpainting (a diffusers folder given by --sd-model), as `sd15`.
+    Sd2,
 }
 
 /// Arguments of `cielr edit`.
@@ -37,6 +42,20 @@ pub struct EditArgs {
     /// The editor that executes the actions.
     #[arg(long, value_enum, default_value_t = EditorKind::Classical)]
     editor: EditorKind,
+    /// The diffusers inpainting folder for --editor sd15|sd2 (unet/, vae/, text_encoder/,
+    /// tokenizer/tokenizer.json, scheduler/, model_index.json).
+    #[arg(long, value_name = "DIR")]
+    sd_model: Option<PathBuf>,
+    /// Denoising steps for the Stable Diffusion editors.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    steps: u32,
+    /// The square side, in pixels, the Stable Diffusion editors run at (512 for SD 1.5 / SD 2
+    /// inpainting; the crop around the mask is scaled to it).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(8..=2048))]
+    sd_size: u32,
+    /// Classifier-free guidance scale for the Stable Diffusion editors.
+    #[arg(long, default_value_t = 7.5)]
+    guidance: f32,
     /// Dilation of target masks before editing, in pixels.
     #[arg(long, default_value_t = 7.0)]
     dilate: f64,
@@ -70,10 +89,45 @@ fn default_scene_builder() -> anyhow::Result<Arc<dyn SceneBuilder>> {
     Ok(Arc::new(builder))
 }
 
-fn editor(kind: EditorKind) -> Arc<dyn Editor> {
-    match kind {
-        EditorKind::Classical => Arc::new(cielr::diffusion::ClassicalEditor::default()),
+fn editor(a: &EditArgs) -> anyhow::Result<Arc<dyn Editor>> {
+    use cielr::core::{EditOp, RoutingEditor};
+    use cielr::diffusion::{ClassicalEditor, SdEditorOptions, StableDiffusionInpaintEditor};
+    let classical: Arc<dyn Editor> = Arc::new(ClassicalEditor::default());
+    if a.editor == EditorKind::Classical {
+        return Ok(classical);
     }
+    if !(a.guidance.is_finite() && a.guidance >= 0.0) {
+        bail!(
+            "--guidance must be a non-negative number, got {}",
+            a.guidance
+        );
+    }
+    let Some(dir) = &a.sd_model else {
+        bail!(
+            "--editor {:?} needs the model: --sd-model <diffusers inpainting folder> (see docs/models.md)",
+            a.editor
+        );
+    };
+    let options = SdEditorOptions {
+        steps: a.steps as usize,
+        guidance: a.guidance,
+        model_size: a.sd_size,
+        ..Default::default()
+    };
+    eprintln!(
+        "[edit] loading Stable Diffusion inpainting from {}",
+        dir.display()
+    );
+    let device = Default::default();
+    let sd = StableDiffusionInpaintEditor::<cielr::core::backend::CpuBackend>::from_dir(
+        dir, options, &device,
+    )
+    .with_context(|| format!("loading the inpainting model {}", dir.display()))?;
+    Ok(Arc::new(
+        RoutingEditor::new()
+            .route(&[EditOp::Remove, EditOp::Recolor], classical)
+            .route(&[EditOp::Replace, EditOp::Add], Arc::new(sd)),
+    ))
 }
 
 /// Runs `cielr edit`.
@@ -97,7 +151,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
         models::language_model(a.reasoning.llm.as_deref(), a.reasoning.llm_model.as_deref())?;
     let model = chosen.model.clone();
     let planner = Arc::new(a.reasoning.planner(&chosen));
-    let editor = editor(a.editor);
+    let editor = editor(&a)?;
     let pipeline = Pipeline {
         scene_builder: scene_builder.clone(),
         planner: planner.clone(),

@@ -43,6 +43,6 @@ pub use reasoning::{CielrPlanner, ReasoningOptions, TargetSelection};
 pub use scene::{Scene, SceneObject};
 pub use spatial::{Relation, SpatialQuery};
 pub use traits::{
-    EditRequest, Editor, Metric, MetricInput, Planner, RoundInput, RoundOutcome, SceneBuilder,
-    StaticSceneBuilder,
+    EditRequest, Editor, Metric, MetricInput, Planner, RoundInput, RoundOutcome, RoutingEditor,
+    SceneBuilder, StaticSceneBuilder,
 };

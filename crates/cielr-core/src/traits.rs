@@ -164,3 +164,118 @@ pub trait Metric: Send + Sync {
     /// Computes the metric.
     fn compute(&self, input: MetricInput<'_>) -> Result<f64>;
 }
+
+/// An [`Editor`] that sends each op to the editor registered for it: removal to an
+/// inpainter (SD with an empty prompt invents objects), replace and add to a generative
+/// editor, and so on. Ops without a route are unsupported.
+#[derive(Clone, Default)]
+pub struct RoutingEditor {
+    routes: Vec<(EditOp, std::sync::Arc<dyn Editor>)>,
+}
+
+impl RoutingEditor {
+    /// A router with no routes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes `ops` to `editor` (a later route for the same op replaces an earlier one).
+    pub fn route(mut self, ops: &[EditOp], editor: std::sync::Arc<dyn Editor>) -> Self {
+        for op in ops {
+            self.routes.retain(|(o, _)| o != op);
+            self.routes.push((*op, editor.clone()));
+        }
+        self
+    }
+
+    fn editor_for(&self, op: EditOp) -> Option<&std::sync::Arc<dyn Editor>> {
+        self.routes.iter().find(|(o, _)| *o == op).map(|(_, e)| e)
+    }
+}
+
+#[async_trait]
+impl Editor for RoutingEditor {
+    fn name(&self) -> String {
+        let parts: Vec<String> = self
+            .routes
+            .iter()
+            .map(|(op, e)| format!("{op}={}", e.name()))
+            .collect();
+        format!("routed({})", parts.join(", "))
+    }
+
+    fn supports(&self, op: EditOp) -> bool {
+        self.editor_for(op).is_some_and(|e| e.supports(op))
+    }
+
+    async fn edit(&self, request: EditRequest<'_>) -> Result<RgbImage> {
+        let op = request.action.op;
+        match self.editor_for(op) {
+            Some(e) => e.edit(request).await,
+            None => Err(crate::CoreError::Editor(format!(
+                "no editor is configured for {op}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::EditAction;
+
+    struct Fill(u8);
+
+    #[async_trait]
+    impl Editor for Fill {
+        fn name(&self) -> String {
+            format!("fill{}", self.0)
+        }
+        fn supports(&self, _op: EditOp) -> bool {
+            true
+        }
+        async fn edit(&self, r: EditRequest<'_>) -> Result<RgbImage> {
+            Ok(RgbImage::from_pixel(
+                r.image.width(),
+                r.image.height(),
+                image::Rgb([self.0; 3]),
+            ))
+        }
+    }
+
+    #[test]
+    fn routes_each_op_to_its_editor() {
+        let router = RoutingEditor::new()
+            .route(&[EditOp::Remove], std::sync::Arc::new(Fill(1)))
+            .route(
+                &[EditOp::Replace, EditOp::Add],
+                std::sync::Arc::new(Fill(2)),
+            );
+        assert!(router.supports(EditOp::Add) && !router.supports(EditOp::Recolor));
+        assert_eq!(
+            router.name(),
+            "routed(remove=fill1, replace=fill2, add=fill2)"
+        );
+        let image = RgbImage::new(2, 2);
+        let mask = Mask::full(2, 2).unwrap();
+        let run = |op| {
+            let action = EditAction {
+                op,
+                targets: vec![0],
+                prompt: String::new(),
+            };
+            pollster::block_on(router.edit(EditRequest {
+                image: &image,
+                mask: &mask,
+                action: &action,
+                seed: 0,
+            }))
+        };
+        assert_eq!(run(EditOp::Remove).unwrap().get_pixel(0, 0).0, [1; 3]);
+        assert_eq!(run(EditOp::Add).unwrap().get_pixel(0, 0).0, [2; 3]);
+        assert!(run(EditOp::Recolor)
+            .unwrap_err()
+            .to_string()
+            .contains("no editor is configured for recolor"));
+    }
+}

@@ -43,7 +43,7 @@ pub enum DiffusionError {
     /// The op needs a generative editor.
     #[error(
         "the classical editor cannot {op} objects: {op} needs a generative editor \
-         (sd15/sd2, not yet available); the classical editor supports remove and recolor"
+         (--editor sd15 or sd2 with --sd-model); the classical editor supports remove and recolor"
     )]
     Unsupported {
         /// The op's name.
