@@ -35,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod blocks;
 mod canvas;
 pub mod colour;
 pub mod editor;

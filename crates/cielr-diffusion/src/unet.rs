@@ -40,8 +40,8 @@ use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::blocks::{Downsample2d, ResnetBlock2d, ResnetBlockConfig, Upsample2d};
 use crate::error::{DiffusionError, Result};
-use crate::vae::upsample_nearest2x;
 use crate::weights::{read_json, Checkpoint, Weights};
 
 // ============================================================================ config
@@ -522,70 +522,23 @@ impl UNet2DConditionConfig {
 
 // ============================================================================ layers
 
-/// `ResnetBlock2D` with a time embedding: GroupNorm, SiLU, conv, `+ time_emb_proj(silu(temb))`,
-/// GroupNorm, SiLU, conv, plus the (1x1-projected) input, divided by `output_scale_factor`.
-#[derive(Module, Debug)]
-pub struct UnetResnet<B: Backend> {
-    norm1: GroupNorm<B>,
-    conv1: Conv2d<B>,
-    time_emb_proj: Linear<B>,
-    norm2: GroupNorm<B>,
-    conv2: Conv2d<B>,
-    conv_shortcut: Option<Conv2d<B>>,
+/// `ResnetBlock2D` with a time embedding (see [`ResnetBlock2d`]).
+pub type UnetResnet<B> = ResnetBlock2d<B>;
+
+/// The UNet's `ResnetBlock2D` shape: with the time embedding and the configured norm.
+fn resnet_config(
+    c_in: usize,
+    c_out: usize,
+    cfg: &UNet2DConditionConfig,
     output_scale_factor: f64,
-}
-
-impl<B: Backend> UnetResnet<B> {
-    fn load(
-        w: &Weights,
-        c_in: usize,
-        c_out: usize,
-        cfg: &UNet2DConditionConfig,
-        output_scale_factor: f64,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let (g, eps) = (cfg.norm_num_groups, cfg.norm_eps);
-        Ok(UnetResnet {
-            norm1: w.pp("norm1").group_norm(g, c_in, eps, device)?,
-            conv1: w
-                .pp("conv1")
-                .conv2d(c_in, c_out, 3, 1, (1, 1, 1, 1), device)?,
-            time_emb_proj: w
-                .pp("time_emb_proj")
-                .linear(cfg.time_embed_dim, c_out, true, device)?,
-            norm2: w.pp("norm2").group_norm(g, c_out, eps, device)?,
-            conv2: w
-                .pp("conv2")
-                .conv2d(c_out, c_out, 3, 1, (1, 1, 1, 1), device)?,
-            conv_shortcut: if c_in != c_out {
-                Some(
-                    w.pp("conv_shortcut")
-                        .conv2d(c_in, c_out, 1, 1, (0, 0, 0, 0), device)?,
-                )
-            } else {
-                None
-            },
-            output_scale_factor,
-        })
-    }
-
-    /// Applies the block; `temb` is the time embedding after SiLU, `[B, time_embed_dim]`.
-    pub fn forward(&self, x: Tensor<B, 4>, temb: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let [b, c] = [h.dims()[0], h.dims()[1]];
-        let t = self.time_emb_proj.forward(temb).reshape([b, c, 1, 1]);
-        let h = h + t;
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(x),
-            None => x,
-        };
-        let out = shortcut + h;
-        if self.output_scale_factor != 1.0 {
-            out / self.output_scale_factor
-        } else {
-            out
-        }
+) -> ResnetBlockConfig {
+    ResnetBlockConfig {
+        c_in,
+        c_out,
+        groups: cfg.norm_num_groups,
+        eps: cfg.norm_eps,
+        temb_channels: Some(cfg.time_embed_dim),
+        output_scale_factor,
     }
 }
 
@@ -794,13 +747,70 @@ impl<B: Backend> Transformer2d<B> {
     }
 }
 
+/// A down or up block's ResNets and (in cross-attention blocks) their transformers.
+type BlockLayers<B> = (Vec<UnetResnet<B>>, Vec<Transformer2d<B>>);
+
+/// The transformer settings of one down or up block.
+struct AttentionSpec {
+    heads: usize,
+    layers: usize,
+    context_dim: usize,
+}
+
+/// Loads a down or up block's ResNets (`resnets.{j}`, with the `(in, out)` channels of
+/// `channels[j]`) and, when `attention` is given, a transformer after each (`attentions.{j}`).
+fn load_layers<B: Backend>(
+    bw: &Weights,
+    channels: &[(usize, usize)],
+    attention: Option<AttentionSpec>,
+    cfg: &UNet2DConditionConfig,
+    device: &B::Device,
+) -> Result<BlockLayers<B>> {
+    let mut resnets = Vec::new();
+    let mut attentions = Vec::new();
+    for (j, &(cin, c_out)) in channels.iter().enumerate() {
+        resnets.push(ResnetBlock2d::load(
+            &bw.pp(format!("resnets.{j}")),
+            resnet_config(cin, c_out, cfg, 1.0),
+            device,
+        )?);
+        if let Some(a) = &attention {
+            attentions.push(Transformer2d::load(
+                &bw.pp(format!("attentions.{j}")),
+                c_out,
+                a.heads,
+                a.layers,
+                a.context_dim,
+                cfg,
+                device,
+            )?);
+        }
+    }
+    Ok((resnets, attentions))
+}
+
+/// A ResNet, then (in cross-attention blocks) its transformer.
+fn resnet_then_attention<B: Backend>(
+    resnet: &UnetResnet<B>,
+    attention: Option<&Transformer2d<B>>,
+    x: Tensor<B, 4>,
+    temb: &Tensor<B, 2>,
+    context: &Tensor<B, 3>,
+) -> Tensor<B, 4> {
+    let x = resnet.forward(x, Some(temb.clone()));
+    match attention {
+        Some(a) => a.forward(x, context.clone()),
+        None => x,
+    }
+}
+
 /// A down block: ResNet blocks (each followed by a transformer in `CrossAttnDownBlock2D`),
 /// then a stride-2 convolution except in the last block.
 #[derive(Module, Debug)]
 pub struct UnetDownBlock<B: Backend> {
     resnets: Vec<UnetResnet<B>>,
     attentions: Vec<Transformer2d<B>>,
-    downsample: Option<Conv2d<B>>,
+    downsample: Option<Downsample2d<B>>,
 }
 
 impl<B: Backend> UnetDownBlock<B> {
@@ -814,10 +824,7 @@ impl<B: Backend> UnetDownBlock<B> {
     ) -> Tensor<B, 4> {
         let mut x = x;
         for (i, r) in self.resnets.iter().enumerate() {
-            x = r.forward(x, temb.clone());
-            if let Some(a) = self.attentions.get(i) {
-                x = a.forward(x, context.clone());
-            }
+            x = resnet_then_attention(r, self.attentions.get(i), x, temb, context);
             skips.push(x.clone());
         }
         if let Some(d) = &self.downsample {
@@ -835,7 +842,7 @@ impl<B: Backend> UnetDownBlock<B> {
 pub struct UnetUpBlock<B: Backend> {
     resnets: Vec<UnetResnet<B>>,
     attentions: Vec<Transformer2d<B>>,
-    upsample: Option<Conv2d<B>>,
+    upsample: Option<Upsample2d<B>>,
 }
 
 impl<B: Backend> UnetUpBlock<B> {
@@ -854,13 +861,11 @@ impl<B: Backend> UnetUpBlock<B> {
             let skip = skips.pop().ok_or_else(|| {
                 DiffusionError::config("UNet2DConditionModel", "the up path ran out of skip states")
             })?;
-            x = r.forward(Tensor::cat(vec![x, skip], 1), temb.clone());
-            if let Some(a) = self.attentions.get(i) {
-                x = a.forward(x, context.clone());
-            }
+            let x_skip = Tensor::cat(vec![x, skip], 1);
+            x = resnet_then_attention(r, self.attentions.get(i), x_skip, temb, context);
         }
         if let Some(u) = &self.upsample {
-            x = u.forward(upsample_nearest2x(x));
+            x = u.forward(x);
         }
         Ok(x)
     }
@@ -881,10 +886,10 @@ impl<B: Backend> UnetMidBlock<B> {
         temb: &Tensor<B, 2>,
         context: &Tensor<B, 3>,
     ) -> Tensor<B, 4> {
-        let mut x = self.resnets[0].forward(x, temb.clone());
+        let mut x = self.resnets[0].forward(x, Some(temb.clone()));
         for (a, r) in self.attentions.iter().zip(&self.resnets[1..]) {
             x = a.forward(x, context.clone());
-            x = r.forward(x, temb.clone());
+            x = r.forward(x, Some(temb.clone()));
         }
         x
     }
@@ -969,38 +974,26 @@ impl<B: Backend> UNet2DConditionModel<B> {
             let c_in = c_out;
             c_out = c;
             let bw = w.pp(format!("down_blocks.{i}"));
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..cfg.layers_per_block[i] {
-                let cin = if j == 0 { c_in } else { c_out };
-                resnets.push(UnetResnet::load(
-                    &bw.pp(format!("resnets.{j}")),
-                    cin,
-                    c_out,
-                    cfg,
-                    1.0,
-                    device,
-                )?);
-                if cfg.down_blocks[i] == BlockKind::CrossAttention {
-                    attentions.push(Transformer2d::load(
-                        &bw.pp(format!("attentions.{j}")),
-                        c_out,
-                        cfg.attention_heads[i],
-                        cfg.transformer_layers_per_block[i],
-                        cfg.cross_attention_dim[i],
-                        cfg,
-                        device,
-                    )?);
-                }
-            }
+            let channels: Vec<(usize, usize)> = (0..cfg.layers_per_block[i])
+                .map(|j| (if j == 0 { c_in } else { c_out }, c_out))
+                .collect();
+            let attention =
+                (cfg.down_blocks[i] == BlockKind::CrossAttention).then(|| AttentionSpec {
+                    heads: cfg.attention_heads[i],
+                    layers: cfg.transformer_layers_per_block[i],
+                    context_dim: cfg.cross_attention_dim[i],
+                });
+            let (resnets, attentions) = load_layers(&bw, &channels, attention, cfg, device)?;
             let downsample = if i + 1 < n {
                 let p = cfg.downsample_padding;
                 // padding 0 means diffusers' asymmetric (0, 1, 0, 1) pad.
                 let pad = if p == 0 { (0, 0, 1, 1) } else { (p, p, p, p) };
-                Some(
-                    bw.pp("downsamplers.0.conv")
-                        .conv2d(c_out, c_out, 3, 2, pad, device)?,
-                )
+                Some(Downsample2d::load(
+                    &bw.pp("downsamplers.0.conv"),
+                    c_out,
+                    pad,
+                    device,
+                )?)
             } else {
                 None
             };
@@ -1017,20 +1010,14 @@ impl<B: Backend> UNet2DConditionModel<B> {
             let layers = cfg.transformer_layers_per_block[n - 1];
             Some(UnetMidBlock {
                 resnets: vec![
-                    UnetResnet::load(
+                    ResnetBlock2d::load(
                         &mw.pp("resnets.0"),
-                        last,
-                        last,
-                        cfg,
-                        cfg.mid_block_scale_factor,
+                        resnet_config(last, last, cfg, cfg.mid_block_scale_factor),
                         device,
                     )?,
-                    UnetResnet::load(
+                    ResnetBlock2d::load(
                         &mw.pp("resnets.1"),
-                        last,
-                        last,
-                        cfg,
-                        cfg.mid_block_scale_factor,
+                        resnet_config(last, last, cfg, cfg.mid_block_scale_factor),
                         device,
                     )?,
                 ],
@@ -1066,36 +1053,26 @@ impl<B: Backend> UNet2DConditionModel<B> {
             let c_in = rev[(i + 1).min(n - 1)];
             let bw = w.pp(format!("up_blocks.{i}"));
             let layers = rev_layers[i] + 1;
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..layers {
-                let skip = if j == layers - 1 { c_in } else { c_out };
-                let cin = if j == 0 { c_prev } else { c_out };
-                resnets.push(UnetResnet::load(
-                    &bw.pp(format!("resnets.{j}")),
-                    cin + skip,
-                    c_out,
-                    cfg,
-                    1.0,
-                    device,
-                )?);
-                if cfg.up_blocks[i] == BlockKind::CrossAttention {
-                    attentions.push(Transformer2d::load(
-                        &bw.pp(format!("attentions.{j}")),
-                        c_out,
-                        rev_heads[i],
-                        rev_tlayers[i],
-                        rev_cross[i],
-                        cfg,
-                        device,
-                    )?);
-                }
-            }
+            let channels: Vec<(usize, usize)> = (0..layers)
+                .map(|j| {
+                    let skip = if j == layers - 1 { c_in } else { c_out };
+                    let cin = if j == 0 { c_prev } else { c_out };
+                    (cin + skip, c_out)
+                })
+                .collect();
+            let attention =
+                (cfg.up_blocks[i] == BlockKind::CrossAttention).then(|| AttentionSpec {
+                    heads: rev_heads[i],
+                    layers: rev_tlayers[i],
+                    context_dim: rev_cross[i],
+                });
+            let (resnets, attentions) = load_layers(&bw, &channels, attention, cfg, device)?;
             let upsample = if i + 1 < n {
-                Some(
-                    bw.pp("upsamplers.0.conv")
-                        .conv2d(c_out, c_out, 3, 1, (1, 1, 1, 1), device)?,
-                )
+                Some(Upsample2d::load(
+                    &bw.pp("upsamplers.0.conv"),
+                    c_out,
+                    device,
+                )?)
             } else {
                 None
             };

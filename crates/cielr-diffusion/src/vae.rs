@@ -35,6 +35,8 @@ use burn::tensor::Tensor;
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use crate::blocks::ResnetBlock2d;
+use crate::blocks::{Downsample2d, ResnetBlockConfig, Upsample2d};
 use crate::error::{DiffusionError, Result};
 use crate::schedulers::NoiseSource;
 use crate::weights::{read_json, Checkpoint, Weights};
@@ -255,54 +257,15 @@ impl AutoencoderKlConfig {
 
 // ============================================================================ layers
 
-/// `ResnetBlock2D` without a time embedding: GroupNorm, SiLU, 3x3 conv, twice, plus a 1x1
-/// shortcut convolution when the channel count changes.
-#[derive(Module, Debug)]
-pub struct ResnetBlock2d<B: Backend> {
-    norm1: GroupNorm<B>,
-    conv1: Conv2d<B>,
-    norm2: GroupNorm<B>,
-    conv2: Conv2d<B>,
-    conv_shortcut: Option<Conv2d<B>>,
-}
-
-impl<B: Backend> ResnetBlock2d<B> {
-    fn load(
-        w: &Weights,
-        c_in: usize,
-        c_out: usize,
-        groups: usize,
-        device: &B::Device,
-    ) -> Result<Self> {
-        Ok(ResnetBlock2d {
-            norm1: w.pp("norm1").group_norm(groups, c_in, EPS, device)?,
-            conv1: w
-                .pp("conv1")
-                .conv2d(c_in, c_out, 3, 1, (1, 1, 1, 1), device)?,
-            norm2: w.pp("norm2").group_norm(groups, c_out, EPS, device)?,
-            conv2: w
-                .pp("conv2")
-                .conv2d(c_out, c_out, 3, 1, (1, 1, 1, 1), device)?,
-            conv_shortcut: if c_in != c_out {
-                Some(
-                    w.pp("conv_shortcut")
-                        .conv2d(c_in, c_out, 1, 1, (0, 0, 0, 0), device)?,
-                )
-            } else {
-                None
-            },
-        })
-    }
-
-    /// Applies the block.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(x),
-            None => x,
-        };
-        shortcut + h
+/// The VAE's `ResnetBlock2D` shape: no time embedding, epsilon 1e-6, no output scaling.
+fn resnet_config(c_in: usize, c_out: usize, groups: usize) -> ResnetBlockConfig {
+    ResnetBlockConfig {
+        c_in,
+        c_out,
+        groups,
+        eps: EPS,
+        temb_channels: None,
+        output_scale_factor: 1.0,
     }
 }
 
@@ -371,7 +334,7 @@ impl<B: Backend> MidBlock<B> {
         device: &B::Device,
     ) -> Result<Self> {
         Ok(MidBlock {
-            resnet0: ResnetBlock2d::load(&w.pp("resnets.0"), c, c, groups, device)?,
+            resnet0: ResnetBlock2d::load(&w.pp("resnets.0"), resnet_config(c, c, groups), device)?,
             attention: if attention {
                 Some(VaeAttention::load(
                     &w.pp("attentions.0"),
@@ -382,18 +345,18 @@ impl<B: Backend> MidBlock<B> {
             } else {
                 None
             },
-            resnet1: ResnetBlock2d::load(&w.pp("resnets.1"), c, c, groups, device)?,
+            resnet1: ResnetBlock2d::load(&w.pp("resnets.1"), resnet_config(c, c, groups), device)?,
         })
     }
 
     /// Applies the block.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = self.resnet0.forward(x);
+        let x = self.resnet0.forward(x, None);
         let x = match &self.attention {
             Some(a) => a.forward(x),
             None => x,
         };
-        self.resnet1.forward(x)
+        self.resnet1.forward(x, None)
     }
 }
 
@@ -402,7 +365,7 @@ impl<B: Backend> MidBlock<B> {
 #[derive(Module, Debug)]
 pub struct DownEncoderBlock<B: Backend> {
     resnets: Vec<ResnetBlock2d<B>>,
-    downsample: Option<Conv2d<B>>,
+    downsample: Option<Downsample2d<B>>,
 }
 
 impl<B: Backend> DownEncoderBlock<B> {
@@ -410,10 +373,10 @@ impl<B: Backend> DownEncoderBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = x;
         for r in &self.resnets {
-            x = r.forward(x);
+            x = r.forward(x, None);
         }
         match &self.downsample {
-            Some(c) => c.forward(x),
+            Some(d) => d.forward(x),
             None => x,
         }
     }
@@ -424,15 +387,7 @@ impl<B: Backend> DownEncoderBlock<B> {
 #[derive(Module, Debug)]
 pub struct UpDecoderBlock<B: Backend> {
     resnets: Vec<ResnetBlock2d<B>>,
-    upsample: Option<Conv2d<B>>,
-}
-
-/// Nearest-neighbour 2x upsampling of NCHW tensors.
-pub(crate) fn upsample_nearest2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, 2, w, 2])
-        .reshape([b, c, 2 * h, 2 * w])
+    upsample: Option<Upsample2d<B>>,
 }
 
 impl<B: Backend> UpDecoderBlock<B> {
@@ -440,10 +395,10 @@ impl<B: Backend> UpDecoderBlock<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = x;
         for r in &self.resnets {
-            x = r.forward(x);
+            x = r.forward(x, None);
         }
         match &self.upsample {
-            Some(c) => c.forward(upsample_nearest2x(x)),
+            Some(u) => u.forward(x),
             None => x,
         }
     }
@@ -474,18 +429,14 @@ impl<B: Backend> Encoder<B> {
                 let cin = if j == 0 { c_in } else { c_out };
                 resnets.push(ResnetBlock2d::load(
                     &bw.pp(format!("resnets.{j}")),
-                    cin,
-                    c_out,
-                    g,
+                    resnet_config(cin, c_out, g),
                     device,
                 )?);
             }
             let downsample = if i + 1 < ch.len() {
-                Some(bw.pp("downsamplers.0.conv").conv2d(
+                Some(Downsample2d::load(
+                    &bw.pp("downsamplers.0.conv"),
                     c_out,
-                    c_out,
-                    3,
-                    2,
                     (0, 0, 1, 1),
                     device,
                 )?)
@@ -558,17 +509,16 @@ impl<B: Backend> Decoder<B> {
                 let cin = if j == 0 { c_prev } else { c_out };
                 resnets.push(ResnetBlock2d::load(
                     &bw.pp(format!("resnets.{j}")),
-                    cin,
-                    c_out,
-                    g,
+                    resnet_config(cin, c_out, g),
                     device,
                 )?);
             }
             let upsample = if i + 1 < rev.len() {
-                Some(
-                    bw.pp("upsamplers.0.conv")
-                        .conv2d(c_out, c_out, 3, 1, (1, 1, 1, 1), device)?,
-                )
+                Some(Upsample2d::load(
+                    &bw.pp("upsamplers.0.conv"),
+                    c_out,
+                    device,
+                )?)
             } else {
                 None
             };

@@ -35,6 +35,7 @@ use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use cielr_core::weights::TensorStore;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -321,20 +322,47 @@ fn positive(context: &str, pairs: &[(&str, usize)]) -> Result<()> {
     Ok(())
 }
 
+/// Parses the `section` of a whole `CLIPConfig` (merged with its legacy `{section}_dict`), or
+/// `value` itself when it has neither; `ctx` names the config in errors.
+fn parse_section<T: DeserializeOwned>(value: &Value, section: &str, ctx: &str) -> Result<T> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| SceneError::config(ctx, "not a JSON object"))?;
+    let section = if obj.contains_key(section) || obj.contains_key(&format!("{section}_dict")) {
+        merged_section(obj, section)
+    } else {
+        value.clone()
+    };
+    serde_json::from_value(section).map_err(|e| SceneError::json(ctx, e))
+}
+
+/// Checks that `heads` divides `hidden`.
+fn check_heads(ctx: &str, hidden: usize, heads: usize) -> Result<()> {
+    if !hidden.is_multiple_of(heads) {
+        return Err(SceneError::config(
+            ctx,
+            format!("hidden_size {hidden} is not divisible by num_attention_heads {heads}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `layer_norm_eps` is finite and non-negative.
+fn check_eps(ctx: &str, eps: f64) -> Result<()> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(SceneError::config(
+            ctx,
+            "layer_norm_eps must be finite and >= 0",
+        ));
+    }
+    Ok(())
+}
+
 impl ClipTextConfig {
     /// Parses a text config: either a `CLIPTextConfig` object or a whole `CLIPConfig`, whose
     /// `text_config` (and legacy `text_config_dict`) is taken.
     pub fn from_json(value: &Value) -> Result<Self> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| SceneError::config("text config", "not a JSON object"))?;
-        let section = if obj.contains_key("text_config") || obj.contains_key("text_config_dict") {
-            merged_section(obj, "text_config")
-        } else {
-            value.clone()
-        };
-        let raw: RawTextConfig =
-            serde_json::from_value(section).map_err(|e| SceneError::json("text config", e))?;
+        let raw: RawTextConfig = parse_section(value, "text_config", "text config")?;
         let eos = match raw.eos_token_id {
             Some(IdOrList::One(id)) => id,
             Some(IdOrList::List(ids)) if ids.len() == 1 => ids[0],
@@ -382,22 +410,8 @@ impl ClipTextConfig {
                 ("max_position_embeddings", self.max_position_embeddings),
             ],
         )?;
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(SceneError::config(
-                ctx,
-                format!(
-                    "hidden_size {} is not divisible by num_attention_heads {}",
-                    self.hidden_size, self.num_attention_heads
-                ),
-            ));
-        }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(SceneError::config(
-                ctx,
-                "layer_norm_eps must be finite and >= 0",
-            ));
-        }
-        Ok(())
+        check_heads(ctx, self.hidden_size, self.num_attention_heads)?;
+        check_eps(ctx, self.layer_norm_eps)
     }
 
     /// The pooling rule transformers applies for this config.
@@ -414,18 +428,8 @@ impl ClipVisionConfig {
     /// Parses a vision config: either a `CLIPVisionConfig` object or a whole `CLIPConfig`,
     /// whose `vision_config` (and legacy `vision_config_dict`) is taken.
     pub fn from_json(value: &Value) -> Result<Self> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| SceneError::config("vision config", "not a JSON object"))?;
-        let section = if obj.contains_key("vision_config") || obj.contains_key("vision_config_dict")
-        {
-            merged_section(obj, "vision_config")
-        } else {
-            value.clone()
-        };
-        let raw: RawVisionConfig =
-            serde_json::from_value(section).map_err(|e| SceneError::json("vision config", e))?;
         let ctx = "vision config";
+        let raw: RawVisionConfig = parse_section(value, "vision_config", ctx)?;
         let c = ClipVisionConfig {
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -462,15 +466,7 @@ impl ClipVisionConfig {
                 ("patch_size", self.patch_size),
             ],
         )?;
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(SceneError::config(
-                ctx,
-                format!(
-                    "hidden_size {} is not divisible by num_attention_heads {}",
-                    self.hidden_size, self.num_attention_heads
-                ),
-            ));
-        }
+        check_heads(ctx, self.hidden_size, self.num_attention_heads)?;
         if self.patch_size > self.image_size {
             return Err(SceneError::config(
                 ctx,
@@ -480,13 +476,7 @@ impl ClipVisionConfig {
                 ),
             ));
         }
-        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
-            return Err(SceneError::config(
-                ctx,
-                "layer_norm_eps must be finite and >= 0",
-            ));
-        }
-        Ok(())
+        check_eps(ctx, self.layer_norm_eps)
     }
 
     /// Patches per side (`image_size / patch_size`; a remainder is cut off by the conv).
@@ -1146,6 +1136,25 @@ fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     x / norm
 }
 
+/// The bias-free projection `name` from `hidden` to the width its weight has in `ckpt` (in a
+/// `CLIPModel` that is the top-level `projection_dim`), else to `projection_dim`.
+fn load_projection<B: Backend>(
+    ckpt: &Checkpoint,
+    name: &str,
+    hidden: usize,
+    projection_dim: usize,
+    device: &B::Device,
+) -> Result<Linear<B>> {
+    let proj = ckpt
+        .shape(&format!("{name}.weight"))
+        .map(|s| s[0])
+        .unwrap_or(projection_dim);
+    Ok(ckpt
+        .weights()
+        .pp(name)
+        .linear(hidden, proj, false, device)?)
+}
+
 /// `CLIPTextModelWithProjection` (e.g. SDXL's second text encoder).
 #[derive(Module, Debug)]
 pub struct ClipTextModelWithProjection<B: Backend> {
@@ -1163,14 +1172,13 @@ impl<B: Backend> ClipTextModelWithProjection<B> {
         let ckpt = Checkpoint::open(dir)?;
         let root = ckpt.weights();
         let text_model = ClipTextTransformer::load(&root.pp("text_model"), &config, device)?;
-        // In a CLIPModel the projection width is the top-level projection_dim.
-        let proj = ckpt
-            .shape("text_projection.weight")
-            .map(|s| s[0])
-            .unwrap_or(config.projection_dim);
-        let text_projection =
-            root.pp("text_projection")
-                .linear(config.hidden_size, proj, false, device)?;
+        let text_projection = load_projection(
+            &ckpt,
+            "text_projection",
+            config.hidden_size,
+            config.projection_dim,
+            device,
+        )?;
         Ok(ClipTextModelWithProjection {
             text_model,
             text_projection,
@@ -1206,13 +1214,13 @@ impl<B: Backend> ClipVisionModelWithProjection<B> {
         let ckpt = Checkpoint::open(dir)?;
         let root = ckpt.weights();
         let vision_model = ClipVisionTransformer::load(&root.pp("vision_model"), &config, device)?;
-        let proj = ckpt
-            .shape("visual_projection.weight")
-            .map(|s| s[0])
-            .unwrap_or(config.projection_dim);
-        let visual_projection =
-            root.pp("visual_projection")
-                .linear(config.hidden_size, proj, false, device)?;
+        let visual_projection = load_projection(
+            &ckpt,
+            "visual_projection",
+            config.hidden_size,
+            config.projection_dim,
+            device,
+        )?;
         Ok(ClipVisionModelWithProjection {
             vision_model,
             visual_projection,

@@ -7,9 +7,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::{
-    check_same_shape, check_steps, prediction_type, reject, spaced_timesteps, timestep_spacing,
-    NoiseSchedule, NoiseSource, PredictionType, Scheduler, SchedulerConfig, StepOutput,
-    TimestepSpacing,
+    check_same_shape, check_steps, prediction_type, reject, require_timesteps, spaced_timesteps,
+    timestep_spacing, NoiseSchedule, NoiseSource, PredictionType, Scheduler, SchedulerConfig,
+    StepOutput, TimestepSpacing,
 };
 use crate::error::{DiffusionError, Result};
 
@@ -39,11 +39,8 @@ impl<B: Backend> DdimScheduler<B> {
     pub fn from_config(config: &SchedulerConfig) -> Result<Self> {
         reject(config.thresholding, "thresholding", CLASS)?;
         let schedule = NoiseSchedule::new(config, CLASS, false)?;
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
-            1.0
-        } else {
-            schedule.alphas_cumprod[0]
-        };
+        let final_alpha_cumprod =
+            schedule.final_alpha_cumprod(config.set_alpha_to_one.unwrap_or(true));
         let clip = config.clip_sample.unwrap_or(true);
         Ok(DdimScheduler {
             final_alpha_cumprod,
@@ -124,11 +121,7 @@ impl<B: Backend> Scheduler<B> for DdimScheduler<B> {
         sample: Tensor<B, 4>,
         noise: &mut dyn NoiseSource<B>,
     ) -> Result<StepOutput<B>> {
-        if self.num_inference_steps == 0 {
-            return Err(DiffusionError::Scheduler(format!(
-                "{CLASS}: call set_timesteps before step"
-            )));
-        }
+        require_timesteps(self.num_inference_steps != 0, CLASS, "step")?;
         check_same_shape(&model_output, &sample, CLASS)?;
         let train = self.schedule.num_train_timesteps();
         let a_t = self.schedule.alpha_at(t, CLASS)?;
@@ -176,9 +169,7 @@ impl<B: Backend> Scheduler<B> for DdimScheduler<B> {
         noise: Tensor<B, 4>,
         t: f64,
     ) -> Result<Tensor<B, 4>> {
-        check_same_shape(&noise, &original, CLASS)?;
-        let a = self.schedule.alpha_at(t, CLASS)?;
-        Ok(original * a.sqrt() + noise * (1.0 - a).sqrt())
+        self.schedule.add_noise(original, noise, t, CLASS)
     }
 
     fn set_begin_index(&mut self, _begin_index: usize) {}

@@ -7,9 +7,10 @@ use burn::tensor::Tensor;
 
 use super::euler::final_sigma_min;
 use super::{
-    check_same_shape, check_steps, karras_sigmas, np_arange, np_interp, np_linspace, np_round,
-    prediction_type, reject, sigma_to_t, timestep_spacing, NoiseSchedule, NoiseSource,
-    PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing,
+    check_same_shape, check_steps, interp_sigmas, karras_sigmas, log_sigmas, np_arange,
+    np_linspace, np_round, prediction_type, reject, require_timesteps, sigma_to_t,
+    timestep_spacing, NoiseSchedule, NoiseSource, PredictionType, Scheduler, SchedulerConfig,
+    StepOutput, TimestepSpacing,
 };
 use crate::error::{DiffusionError, Result};
 
@@ -398,7 +399,7 @@ impl<B: Backend> Scheduler<B> for DpmSolverMultistepScheduler<B> {
         };
         let train_sigmas = self.schedule.train_sigmas();
         let sigmas: Vec<f64> = if self.karras {
-            let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
+            let log_sigmas = log_sigmas(&train_sigmas);
             let s = karras_sigmas(train_sigmas[0] as f64, train_sigmas[train - 1] as f64, n);
             timesteps = s
                 .iter()
@@ -413,22 +414,14 @@ impl<B: Backend> Scheduler<B> for DpmSolverMultistepScheduler<B> {
                 .collect();
             s
         } else {
-            timesteps
-                .iter()
-                .map(|&t| np_interp(t, &train_sigmas))
-                .collect()
+            interp_sigmas(&timesteps, &train_sigmas)
         };
         if let Some(bad) = timesteps.iter().find(|&&t| t >= train as f64 || t < 0.0) {
             return Err(DiffusionError::Scheduler(format!(
                 "{CLASS}: timestep {bad} is outside the {train} training timesteps"
             )));
         }
-        let last_sigma = if self.final_sigma_min {
-            let a = self.schedule.alphas_cumprod[0];
-            ((1.0 - a) / a).sqrt() as f64
-        } else {
-            0.0
-        };
+        let last_sigma = self.schedule.final_sigma(self.final_sigma_min);
         self.sigmas = sigmas
             .into_iter()
             .chain(std::iter::once(last_sigma))
@@ -466,11 +459,7 @@ impl<B: Backend> Scheduler<B> for DpmSolverMultistepScheduler<B> {
         sample: Tensor<B, 4>,
         noise: &mut dyn NoiseSource<B>,
     ) -> Result<StepOutput<B>> {
-        if self.timesteps.is_empty() {
-            return Err(DiffusionError::Scheduler(format!(
-                "{CLASS}: call set_timesteps before step"
-            )));
-        }
+        require_timesteps(!self.timesteps.is_empty(), CLASS, "step")?;
         if !self.learned_variance {
             check_same_shape(&model_output, &sample, CLASS)?;
         }
@@ -527,11 +516,7 @@ impl<B: Backend> Scheduler<B> for DpmSolverMultistepScheduler<B> {
         t: f64,
     ) -> Result<Tensor<B, 4>> {
         check_same_shape(&noise, &original, CLASS)?;
-        if self.timesteps.is_empty() {
-            return Err(DiffusionError::Scheduler(format!(
-                "{CLASS}: call set_timesteps before add_noise"
-            )));
-        }
+        require_timesteps(!self.timesteps.is_empty(), CLASS, "add_noise")?;
         let i = match (self.begin_index, self.step_index) {
             (None, _) => self.index_for_timestep(t),
             (Some(_), Some(s)) => s,

@@ -4,9 +4,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::{
-    check_same_shape, check_steps, index_for_timestep, karras_sigmas, np_interp, prediction_type,
-    reject, sigma_to_t, spaced_timesteps, timestep_spacing, NoiseSchedule, NoiseSource,
-    PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing,
+    check_same_shape, check_steps, index_for_timestep, interp_sigmas, karras_sigmas, log_sigmas,
+    prediction_type, reject, sigma_to_t, spaced_timesteps, timestep_spacing, NoiseSchedule,
+    NoiseSource, PredictionType, Scheduler, SchedulerConfig, StepOutput, TimestepSpacing,
 };
 use crate::error::{DiffusionError, Result};
 
@@ -67,6 +67,27 @@ impl SigmaSteps {
             .ok_or_else(|| DiffusionError::Scheduler(format!("{class}: no sigma at index {i}")))
     }
 
+    /// New sigmas and timesteps from `set_timesteps`, forgetting the step and begin indices.
+    pub fn reset(&mut self, sigmas: Vec<f32>, timesteps: Vec<f64>) {
+        self.sigmas = sigmas;
+        self.timesteps = timesteps;
+        self.step_index = None;
+        self.begin_index = None;
+    }
+
+    /// `original + sigma * noise` with the sigma of [`noise_sigma`](Self::noise_sigma).
+    pub fn add_noise<B: Backend>(
+        &self,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        t: f64,
+        class: &str,
+    ) -> Result<Tensor<B, 4>> {
+        check_same_shape(&noise, &original, class)?;
+        let sigma = self.noise_sigma(t, class)?;
+        Ok(original + noise * sigma)
+    }
+
     /// diffusers' `init_noise_sigma`: the largest sigma, or `sqrt(max^2 + 1)` for `leading`.
     pub fn init_noise_sigma(&self, spacing: TimestepSpacing) -> f64 {
         let max = self.sigmas.iter().copied().fold(0f32, f32::max);
@@ -87,6 +108,18 @@ impl SigmaSteps {
         let sigma = self.sigmas[i];
         Ok(sample / (sigma * sigma + 1.0).sqrt())
     }
+}
+
+/// An Euler move of `sample` from `sigma` to `to` along the derivative `(sample - x0) / sigma`.
+pub(crate) fn euler_move<B: Backend>(
+    sample: Tensor<B, 4>,
+    x0: &Tensor<B, 4>,
+    sigma: f32,
+    to: f32,
+) -> Tensor<B, 4> {
+    let derivative = (sample.clone() - x0.clone()) / sigma;
+    let dt = to - sigma;
+    sample + derivative * dt
 }
 
 /// x0 from the model output for the Euler schedulers.
@@ -198,7 +231,7 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
         check_steps(n, train, CLASS)?;
         let mut timesteps = spaced_timesteps(self.spacing, n, train, self.steps_offset, true);
         let train_sigmas = self.schedule.train_sigmas();
-        let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
+        let log_sigmas = log_sigmas(&train_sigmas);
         let mut sigmas: Vec<f64> = if self.log_linear {
             // torch.linspace(log(s[-1]), log(s[0]), n + 1).exp(), in f32.
             super::torch_linspace_f32(
@@ -210,10 +243,7 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
             .map(|l| l.exp() as f64)
             .collect()
         } else {
-            timesteps
-                .iter()
-                .map(|&t| np_interp(t, &train_sigmas))
-                .collect()
+            interp_sigmas(&timesteps, &train_sigmas)
         };
         if self.karras {
             let lo = self.sigma_min.unwrap_or(sigmas[sigmas.len() - 1]);
@@ -224,17 +254,9 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
                 .map(|&s| sigma_to_t(s, &log_sigmas) as f32 as f64)
                 .collect();
         }
-        let last = if self.final_sigma_min {
-            let a = self.schedule.alphas_cumprod[0];
-            ((1.0 - a) / a).sqrt() as f64
-        } else {
-            0.0
-        };
-        sigmas.push(last);
-        self.steps.sigmas = sigmas.into_iter().map(|s| s as f32).collect();
-        self.steps.timesteps = timesteps;
-        self.steps.step_index = None;
-        self.steps.begin_index = None;
+        sigmas.push(self.schedule.final_sigma(self.final_sigma_min));
+        self.steps
+            .reset(sigmas.into_iter().map(|s| s as f32).collect(), timesteps);
         Ok(())
     }
 
@@ -265,9 +287,7 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
         let i = self.steps.index(t, CLASS)?;
         let sigma = self.steps.sigmas[i];
         let x0 = euler_x0(self.prediction, model_output, sample.clone(), sigma);
-        let derivative = (sample.clone() - x0.clone()) / sigma;
-        let dt = self.steps.sigmas[i + 1] - sigma;
-        let prev = sample + derivative * dt;
+        let prev = euler_move(sample, &x0, sigma, self.steps.sigmas[i + 1]);
         self.steps.step_index = Some(i + 1);
         Ok(StepOutput {
             prev_sample: prev,
@@ -281,9 +301,7 @@ impl<B: Backend> Scheduler<B> for EulerDiscreteScheduler {
         noise: Tensor<B, 4>,
         t: f64,
     ) -> Result<Tensor<B, 4>> {
-        check_same_shape(&noise, &original, CLASS)?;
-        let sigma = self.steps.noise_sigma(t, CLASS)?;
-        Ok(original + noise * sigma)
+        self.steps.add_noise(original, noise, t, CLASS)
     }
 
     fn set_begin_index(&mut self, begin_index: usize) {

@@ -4,11 +4,11 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::euler::{euler_x0, SigmaSteps};
+use super::euler::{euler_move, euler_x0, SigmaSteps};
 use super::{
-    check_same_shape, check_steps, np_interp, prediction_type, spaced_timesteps, timestep_spacing,
-    NoiseSchedule, NoiseSource, PredictionType, Scheduler, SchedulerConfig, StepOutput,
-    TimestepSpacing,
+    check_same_shape, check_steps, interp_sigmas, prediction_type, spaced_timesteps,
+    timestep_spacing, NoiseSchedule, NoiseSource, PredictionType, Scheduler, SchedulerConfig,
+    StepOutput, TimestepSpacing,
 };
 use crate::error::Result;
 
@@ -55,15 +55,12 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
         check_steps(n, train, CLASS)?;
         let timesteps = spaced_timesteps(self.spacing, n, train, self.steps_offset, true);
         let train_sigmas = self.schedule.train_sigmas();
-        let mut sigmas: Vec<f32> = timesteps
-            .iter()
-            .map(|&t| np_interp(t, &train_sigmas) as f32)
+        let mut sigmas: Vec<f32> = interp_sigmas(&timesteps, &train_sigmas)
+            .into_iter()
+            .map(|s| s as f32)
             .collect();
         sigmas.push(0.0);
-        self.steps.sigmas = sigmas;
-        self.steps.timesteps = timesteps;
-        self.steps.step_index = None;
-        self.steps.begin_index = None;
+        self.steps.reset(sigmas, timesteps);
         Ok(())
     }
 
@@ -98,9 +95,7 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
         let (from, to) = (sigma, self.steps.sigmas[i + 1]);
         let sigma_up = (to * to * (from * from - to * to) / (from * from)).sqrt();
         let sigma_down = (to * to - sigma_up * sigma_up).sqrt();
-        let derivative = (sample.clone() - x0.clone()) / sigma;
-        let dt = sigma_down - sigma;
-        let prev = sample + derivative * dt;
+        let prev = euler_move(sample, &x0, sigma, sigma_down);
         let z = noise.noise(dims, &device)?;
         let prev = prev + z * sigma_up;
         self.steps.step_index = Some(i + 1);
@@ -116,9 +111,7 @@ impl<B: Backend> Scheduler<B> for EulerAncestralDiscreteScheduler {
         noise: Tensor<B, 4>,
         t: f64,
     ) -> Result<Tensor<B, 4>> {
-        check_same_shape(&noise, &original, CLASS)?;
-        let sigma = self.steps.noise_sigma(t, CLASS)?;
-        Ok(original + noise * sigma)
+        self.steps.add_noise(original, noise, t, CLASS)
     }
 
     fn set_begin_index(&mut self, begin_index: usize) {

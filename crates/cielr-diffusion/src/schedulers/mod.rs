@@ -590,6 +590,64 @@ impl NoiseSchedule {
         let i = integer_timestep(t, self.num_train_timesteps(), class)?;
         Ok(self.alphas_cumprod[i])
     }
+
+    /// `set_alpha_to_one`: the cumulative alpha before the first one, 1 or `alphas_cumprod[0]`.
+    pub fn final_alpha_cumprod(&self, set_alpha_to_one: bool) -> f32 {
+        if set_alpha_to_one {
+            1.0
+        } else {
+            self.alphas_cumprod[0]
+        }
+    }
+
+    /// `final_sigmas_type`: the sigma after the last step, `sigma_min` (of the training
+    /// schedule) or zero.
+    pub fn final_sigma(&self, sigma_min: bool) -> f64 {
+        if sigma_min {
+            let a = self.alphas_cumprod[0];
+            ((1.0 - a) / a).sqrt() as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// `sqrt(a_t) * original + sqrt(1 - a_t) * noise` (DDPM-style `add_noise`).
+    pub fn add_noise<B: Backend>(
+        &self,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        t: f64,
+        class: &str,
+    ) -> Result<Tensor<B, 4>> {
+        check_same_shape(&noise, &original, class)?;
+        let a = self.alpha_at(t, class)?;
+        Ok(original * a.sqrt() + noise * (1.0 - a).sqrt())
+    }
+}
+
+/// The error for a scheduler used (`what`: `step`, `add_noise`) before `set_timesteps`,
+/// unless `ready`.
+pub(crate) fn require_timesteps(ready: bool, class: &str, what: &str) -> Result<()> {
+    if ready {
+        Ok(())
+    } else {
+        Err(DiffusionError::Scheduler(format!(
+            "{class}: call set_timesteps before {what}"
+        )))
+    }
+}
+
+/// The training sigmas interpolated at `timesteps` (`np.interp`).
+pub(crate) fn interp_sigmas(timesteps: &[f64], train_sigmas: &[f32]) -> Vec<f64> {
+    timesteps
+        .iter()
+        .map(|&t| np_interp(t, train_sigmas))
+        .collect()
+}
+
+/// The natural logarithms of `sigmas`.
+pub(crate) fn log_sigmas(sigmas: &[f32]) -> Vec<f32> {
+    sigmas.iter().map(|s| s.ln()).collect()
 }
 
 /// `t` as an index into the training schedule.

@@ -6,8 +6,8 @@ use burn::tensor::Tensor;
 
 use super::{
     check_same_shape, check_steps, np_arange, np_linspace, np_round, prediction_type,
-    timestep_spacing, NoiseSchedule, NoiseSource, PredictionType, Scheduler, SchedulerConfig,
-    StepOutput, TimestepSpacing,
+    require_timesteps, timestep_spacing, NoiseSchedule, NoiseSource, PredictionType, Scheduler,
+    SchedulerConfig, StepOutput, TimestepSpacing,
 };
 use crate::error::{DiffusionError, Result};
 
@@ -44,11 +44,8 @@ impl<B: Backend> PndmScheduler<B> {
             ));
         }
         let schedule = NoiseSchedule::new(config, CLASS, false)?;
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(false) {
-            1.0
-        } else {
-            schedule.alphas_cumprod[0]
-        };
+        let final_alpha_cumprod =
+            schedule.final_alpha_cumprod(config.set_alpha_to_one.unwrap_or(false));
         Ok(PndmScheduler {
             final_alpha_cumprod,
             prediction: prediction_type(
@@ -172,11 +169,7 @@ impl<B: Backend> Scheduler<B> for PndmScheduler<B> {
         sample: Tensor<B, 4>,
         _noise: &mut dyn NoiseSource<B>,
     ) -> Result<StepOutput<B>> {
-        if self.num_inference_steps == 0 {
-            return Err(DiffusionError::Scheduler(format!(
-                "{CLASS}: call set_timesteps before step"
-            )));
-        }
+        require_timesteps(self.num_inference_steps != 0, CLASS, "step")?;
         check_same_shape(&model_output, &sample, CLASS)?;
         if t.fract() != 0.0 {
             return Err(DiffusionError::Scheduler(format!(
@@ -227,9 +220,7 @@ impl<B: Backend> Scheduler<B> for PndmScheduler<B> {
         noise: Tensor<B, 4>,
         t: f64,
     ) -> Result<Tensor<B, 4>> {
-        check_same_shape(&noise, &original, CLASS)?;
-        let a = self.schedule.alpha_at(t, CLASS)?;
-        Ok(original * a.sqrt() + noise * (1.0 - a).sqrt())
+        self.schedule.add_noise(original, noise, t, CLASS)
     }
 
     fn set_begin_index(&mut self, _begin_index: usize) {}
