@@ -152,7 +152,7 @@ impl CielrPlanner {
             JsonShape::array(JsonShape::Integer, self.options.max_targets),
         )]);
         let check = |v: &Value| -> std::result::Result<(), String> {
-            let ids = ids_of(v);
+            let ids = ids_at(v, "targets");
             if ids.is_empty() {
                 return Err("targets must list at least one id".into());
             }
@@ -174,7 +174,7 @@ impl CielrPlanner {
                 trace,
             )
             .await?;
-        let mut ids = ids_of(&v);
+        let mut ids = ids_at(&v, "targets");
         let mut seen = std::collections::HashSet::new();
         ids.retain(|id| seen.insert(*id));
         Ok(ids)
@@ -329,12 +329,8 @@ fn object_names(scene: &Scene) -> Vec<(u32, String)> {
         .collect()
 }
 
-fn ids_of(v: &Value) -> Vec<u32> {
-    let key = if v.get("targets").is_some() {
-        "targets"
-    } else {
-        "among"
-    };
+/// The ids listed under `key` (non-integers and values beyond `u32` are dropped).
+fn ids_at(v: &Value, key: &str) -> Vec<u32> {
     v[key]
         .as_array()
         .map(|a| {
@@ -373,7 +369,7 @@ fn query_of(v: &Value) -> SpatialQuery {
     SpatialQuery {
         relation: Relation::parse(v["relation"].as_str().unwrap_or_default())
             .unwrap_or(Relation::Leftmost),
-        among: ids_of(v),
+        among: ids_at(v, "among"),
     }
 }
 
