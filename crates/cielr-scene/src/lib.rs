@@ -10,6 +10,8 @@ pub mod centernet;
 pub mod clip;
 pub mod coco;
 pub mod coco_detector;
+pub mod depth_anything;
+pub mod dinov2;
 pub mod error;
 pub mod grabcut;
 pub mod maxflow;
