@@ -8,7 +8,9 @@
 //! ([`vae::AutoencoderKl`]) and the UNet ([`unet::UNet2DConditionModel`], 9 input channels
 //! for inpainting), joined with CLIP's text encoder (from `cielr-scene`) in the inpainting
 //! pipeline [`SdInpaintPipeline`] (diffusers' `StableDiffusionInpaintPipeline`) and the
-//! generative editor [`StableDiffusionInpaintEditor`] (replace, add). Unfinished: LaMa.
+//! generative editor [`StableDiffusionInpaintEditor`] (replace, add); and LaMa ([`lama`]:
+//! big-lama's Fourier-convolution generator, its FFTs in [`fft`], the removal editor
+//! [`LamaEditor`]).
 //!
 //! The classical, non-neural editing, behind [`ClassicalEditor`]:
 //!
@@ -40,7 +42,9 @@ mod canvas;
 pub mod colour;
 pub mod editor;
 pub mod error;
+pub mod fft;
 pub mod inpaint;
+pub mod lama;
 pub mod patchmatch;
 pub mod recolor;
 mod rng;
@@ -56,6 +60,7 @@ pub use colour::{lookup_colour, parse_colour, parse_hex_colour, Lab, NamedColour
 pub use editor::ClassicalEditor;
 pub use error::{DiffusionError, Result};
 pub use inpaint::{inpaint, InpaintMethod};
+pub use lama::{LamaConfig, LamaEditor, LamaEditorOptions, LamaInpainter};
 pub use patchmatch::{inpaint_patchmatch, PatchMatchOptions};
 pub use recolor::{recolor, recolor_prompt, RecolorOptions};
 pub use sd_editor::{SdEditorOptions, StableDiffusionInpaintEditor};
