@@ -23,7 +23,8 @@
 //!
 //! Parity with transformers 5.24 is checked by the `clip_*` tests against fixtures written by
 //! `tools/parity/clip.py`. Not supported: `interpolate_pos_encoding` (inputs must have the
-//! config's `image_size`), non-square image or patch sizes.
+//! config's `image_size`; OWLv2 does not need it either, its checkpoints carry position
+//! embeddings for their own 960/1008 input), non-square image or patch sizes.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -584,6 +585,45 @@ impl Checkpoint {
 
 // ============================================================================ shared layers
 
+/// Score elements (`batch * heads * rows * seq`) one attention block may hold: 2^24 f32 =
+/// 64 MiB.
+const ATTENTION_BLOCK_ELEMENTS: usize = 1 << 24;
+
+/// `softmax(q k^T * scale + mask) v` for `[batch, heads, seq, head_dim]` inputs (additive
+/// `mask` `[batch, 1, seq, seq]`), `rows` query rows at a time; each row's softmax is the
+/// same whatever `rows` is.
+fn blocked_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4>>,
+    scale: f64,
+    rows: usize,
+) -> Tensor<B, 4> {
+    let s = q.dims()[2];
+    let rows = rows.max(1);
+    let kt = k.swap_dims(2, 3);
+    let attend = |q: Tensor<B, 4>, mask: Option<Tensor<B, 4>>| {
+        let mut scores = q.matmul(kt.clone()) * scale;
+        if let Some(mask) = mask {
+            scores = scores + mask;
+        }
+        softmax(scores, 3).matmul(v.clone())
+    };
+    if rows >= s {
+        return attend(q, mask);
+    }
+    let blocks = (0..s)
+        .step_by(rows)
+        .map(|start| {
+            let n = rows.min(s - start);
+            let m = mask.as_ref().map(|m| m.clone().narrow(2, start, n));
+            attend(q.clone().narrow(2, start, n), m)
+        })
+        .collect();
+    Tensor::cat(blocks, 2)
+}
+
 /// Multi-head self-attention (`CLIPAttention`).
 #[derive(Module, Debug)]
 pub struct ClipAttention<B: Backend> {
@@ -619,13 +659,12 @@ impl<B: Backend> ClipAttention<B> {
         let q = heads(self.q_proj.forward(x.clone()));
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
-        let mut scores = q.matmul(k.swap_dims(2, 3)) * self.scale;
-        if let Some(mask) = mask {
-            scores = scores + mask;
-        }
-        let probs = softmax(scores, 3);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, s, d]);
-        self.out_proj.forward(out)
+        // Long sequences (OWLv2's 3601 tokens at 960 px) attend in blocks of query rows so
+        // that no `[batch, heads, seq, seq]` score tensor is held at once.
+        let rows = (ATTENTION_BLOCK_ELEMENTS / (b * self.num_heads * s).max(1)).max(1);
+        let out = blocked_attention(q, k, v, mask, self.scale, rows);
+        self.out_proj
+            .forward(out.swap_dims(1, 2).reshape([b, s, d]))
     }
 }
 
@@ -776,8 +815,15 @@ impl<B: Backend> ClipVisionTransformer<B> {
                 d,
                 device,
             )?,
+            // CLIP spells it `pre_layrnorm`; OWL-ViT / OWLv2 checkpoints `pre_layernorm`.
             pre_layrnorm: w
-                .pp("pre_layrnorm")
+                .pp(
+                    if !w.contains("pre_layrnorm.weight") && w.contains("pre_layernorm.weight") {
+                        "pre_layernorm"
+                    } else {
+                        "pre_layrnorm"
+                    },
+                )
                 .layer_norm(d, c.layer_norm_eps, device)?,
             encoder: ClipEncoder::load(
                 &w.pp("encoder"),
@@ -911,6 +957,8 @@ pub struct ClipTextTransformer<B: Backend> {
     hidden_size: usize,
     /// `eos_token_id`; 2 selects the legacy argmax pooling.
     eos_token_id: i64,
+    /// Pool at `argmax(input_ids)` whatever `eos_token_id` says (OWL-ViT / OWLv2 do).
+    argmax_pooling: bool,
 }
 
 /// Token ids (and a padding mask) read back to the host and checked.
@@ -955,7 +1003,15 @@ impl<B: Backend> ClipTextTransformer<B> {
             max_positions: c.max_position_embeddings,
             hidden_size: d,
             eos_token_id: c.eos_token_id,
+            argmax_pooling: false,
         })
+    }
+
+    /// Pools at the position of the largest input id in every case, as OWL-ViT and OWLv2's
+    /// text towers do (their pad id 0 and EOS 49407 make that the first EOS).
+    pub fn with_argmax_pooling(mut self) -> Self {
+        self.argmax_pooling = true;
+        self
     }
 
     /// Loads a text tower from a checkpoint folder (`config.json` + safetensors) of a
@@ -1047,7 +1103,7 @@ impl<B: Backend> ClipTextTransformer<B> {
         (0..t.batch)
             .map(|bi| {
                 let row = &t.ids[bi * t.seq..(bi + 1) * t.seq];
-                if self.eos_token_id == 2 {
+                if self.argmax_pooling || self.eos_token_id == 2 {
                     // torch.argmax: the first maximum.
                     let mut best = 0;
                     for (i, &id) in row.iter().enumerate() {
@@ -1551,6 +1607,46 @@ mod tests {
             let a: ClipActivation = serde_json::from_value(Value::from(name)).unwrap();
             assert_eq!(a, ClipActivation::GeluTanh);
         }
+    }
+
+    #[test]
+    fn blocked_attention_equals_whole() {
+        let device = Default::default();
+        let dist = burn::tensor::Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<B, 4>::random([2, 3, 7, 4], dist, &device);
+        let k = Tensor::<B, 4>::random([2, 3, 7, 4], dist, &device);
+        let v = Tensor::<B, 4>::random([2, 3, 7, 4], dist, &device);
+        // A causal mask, so that a wrongly sliced mask shows.
+        let m: Vec<f32> = (0..2 * 49)
+            .map(|i| if (i % 7) > (i / 7) % 7 { f32::MIN } else { 0.0 })
+            .collect();
+        let mask = Tensor::<B, 4>::from_data(TensorData::new(m, [2, 1, 7, 7]), &device);
+        let run = |rows| {
+            blocked_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                Some(mask.clone()),
+                0.5,
+                rows,
+            )
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<_>>()
+        };
+        let whole = run(7);
+        for rows in [1, 3, 5] {
+            let blocked = run(rows);
+            let err = whole
+                .iter()
+                .zip(&blocked)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-6, "rows {rows}: {err}");
+        }
+        // Row 0 of a causal mask attends to key 0 only.
+        let v0: Vec<f32> = v.narrow(2, 0, 1).into_data().iter::<f32>().collect();
+        assert!((whole[0] - v0[0]).abs() < 1e-6);
     }
 
     #[test]

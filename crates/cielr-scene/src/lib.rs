@@ -2,7 +2,10 @@
 //!
 //! CLIP ([`clip`]: `CLIPModel`, its vision and text towers, tokenizer) with CLIP's image
 //! preprocessing ([`preprocess`]), loading HuggingFace checkpoints and matching transformers
-//! numerically (see `tests/clip_*.rs` and `tools/parity/clip*`).
+//! numerically (see `tests/clip_*.rs` and `tools/parity/clip*`). OWLv2 open-vocabulary
+//! detection ([`owlv2`]) on top of the CLIP towers (`tests/owlv2_parity.rs`). Depth Anything
+//! V2 relative depth ([`depth_anything`]) on a DINOv2 backbone ([`dinov2`])
+//! (`tests/depth_anything_parity.rs`).
 
 #![warn(missing_docs)]
 
@@ -16,6 +19,7 @@ pub mod error;
 pub mod grabcut;
 pub mod maxflow;
 pub mod model_cache;
+pub mod owlv2;
 pub mod preprocess;
 pub mod tfjs;
 pub mod tfjs_exec;
