@@ -6,7 +6,8 @@
 //!
 //! The resampling is a port of Pillow's `Resample.c`: separable convolution with the filter
 //! stretched by the downscale factor (antialiasing), coefficients in 22-bit fixed point, the
-//! horizontal pass first and each pass rounded to `u8`. It reproduces Pillow's output byte
+//! horizontal pass first (unless the height shrinks much more than the width, see
+//! `vertical_pass_first`) and each pass rounded to `u8`. It reproduces Pillow's output byte
 //! for byte (see the `clip_preprocess` tests). transformers' torchvision backend (its default
 //! when torchvision is installed) resizes with torch's antialiased bicubic instead, which
 //! differs from Pillow by one `u8` level on ~0.4% of the values for a 600x400 photo.
@@ -604,21 +605,52 @@ pub fn resize(image: &RgbImage, width: usize, height: usize, filter: Resample) -
         return Ok(resize_nearest(image, width, height));
     }
     let mut buf = image.as_raw().clone();
-    let (mut cur_w, cur_h) = (in_w, in_h);
-    if width != in_w {
-        let coeffs = Coefficients::new(in_w, width, filter);
-        buf = resample_pass(&buf, cur_w, cur_h, &coeffs, Axis::Horizontal);
-        cur_w = width;
-    }
-    if height != in_h {
-        let coeffs = Coefficients::new(in_h, height, filter);
-        buf = resample_pass(&buf, cur_w, cur_h, &coeffs, Axis::Vertical);
+    // Each pass reads the current buffer: `horizontal` at height `rows`, `vertical` at width
+    // `cols`.
+    let horizontal = |buf: &[u8], rows: usize| {
+        resample_pass(
+            buf,
+            in_w,
+            rows,
+            &Coefficients::new(in_w, width, filter),
+            Axis::Horizontal,
+        )
+    };
+    let vertical = |buf: &[u8], cols: usize| {
+        resample_pass(
+            buf,
+            cols,
+            in_h,
+            &Coefficients::new(in_h, height, filter),
+            Axis::Vertical,
+        )
+    };
+    if vertical_pass_first(in_w, in_h, width, height) {
+        buf = vertical(&buf, in_w);
+        buf = horizontal(&buf, height);
+    } else {
+        if width != in_w {
+            buf = horizontal(&buf, in_h);
+        }
+        if height != in_h {
+            buf = vertical(&buf, width);
+        }
     }
     RgbImage::from_raw(width as u32, height as u32, buf).ok_or_else(|| {
         SceneError::InvalidInput(format!(
             "resize to {width}x{height} produced a wrong buffer"
         ))
     })
+}
+
+/// Whether Pillow (since 10.x's pass reordering; checked on Pillow 13) resamples rows before
+/// columns: when both sides change, the height shrinks, and it shrinks by more than twice as
+/// many pixels as the width does (then the vertical pass first is cheaper). The order changes
+/// the bytes, because each pass rounds to `u8`. Checked against Pillow in
+/// `tests/pillow_resize.rs`.
+fn vertical_pass_first(in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
+    let (in_w, in_h, out_w, out_h) = (in_w as i64, in_h as i64, out_w as i64, out_h as i64);
+    in_w != out_w && out_h < in_h && in_h - out_h > 2 * (in_w - out_w)
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
