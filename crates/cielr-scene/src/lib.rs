@@ -21,6 +21,8 @@ pub mod maxflow;
 pub mod model_cache;
 pub mod owlv2;
 pub mod preprocess;
+pub mod sam;
+pub mod ssr_builder;
 pub mod tfjs;
 pub mod tfjs_exec;
 
