@@ -22,6 +22,9 @@ pub enum EditorKind {
     Sd15,
     /// Stable Diffusion 2 inpainting (a diffusers folder given by --sd-model), as `sd15`.
     Sd2,
+    /// LaMa (big-lama, converted weights given by --lama-model) for removal; recolour stays
+    /// classical; no replace/add.
+    Lama,
 }
 
 /// Arguments of `cielr edit`.
@@ -38,14 +41,40 @@ pub struct EditArgs {
     #[command(flatten)]
     scene: SceneArg,
     #[command(flatten)]
+    scene_models: super::scene::SceneModelArgs,
+    #[command(flatten)]
     reasoning: ReasoningArgs,
+    #[command(flatten)]
+    editor: EditorArgs,
+    /// Dilation of target masks before editing, in pixels.
+    #[arg(long, default_value_t = 7.0)]
+    dilate: f64,
+    /// Seed for stochastic editors (step `i` of sample `j` gets seed + j + i).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Samples per edit: the plan is made once and executed N times, sample `j` with base
+    /// seed `--seed` + j; sample 0 goes to OUTPUT, sample j to <stem>.<j>.<ext> beside it,
+    /// and the report lists every sample's file and per-step seeds under "samples".
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    samples: u32,
+}
+
+/// The editor options, shared by `cielr edit` and `cielr eval`.
+#[derive(Args, Debug, Clone)]
+pub struct EditorArgs {
     /// The editor that executes the actions.
     #[arg(long, value_enum, default_value_t = EditorKind::Classical)]
-    editor: EditorKind,
+    pub editor: EditorKind,
     /// The diffusers inpainting folder for --editor sd15|sd2 (unet/, vae/, text_encoder/,
     /// tokenizer/tokenizer.json, scheduler/, model_index.json).
     #[arg(long, value_name = "DIR")]
     sd_model: Option<PathBuf>,
+    /// The converted LaMa weights for --editor lama: a folder with model.safetensors and
+    /// config.json from tools/lama/convert_checkpoint.py (see docs/models.md). With
+    /// --editor sd15|sd2, removals go to LaMa when this is given (else to the classical
+    /// inpainter), never to Stable Diffusion with an empty prompt.
+    #[arg(long, value_name = "PATH")]
+    lama_model: Option<PathBuf>,
     /// Denoising steps for the Stable Diffusion editors.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=1000))]
     steps: u32,
@@ -56,12 +85,6 @@ pub struct EditArgs {
     /// Classifier-free guidance scale for the Stable Diffusion editors.
     #[arg(long, default_value_t = 7.5)]
     guidance: f32,
-    /// Dilation of target masks before editing, in pixels.
-    #[arg(long, default_value_t = 7.0)]
-    dilate: f64,
-    /// Seed for stochastic editors.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
 }
 
 fn sibling(output: &Path, suffix: &str) -> PathBuf {
@@ -70,7 +93,7 @@ fn sibling(output: &Path, suffix: &str) -> PathBuf {
 }
 
 /// The default perception: the COCO detector from the model cache.
-fn default_scene_builder() -> anyhow::Result<Arc<dyn SceneBuilder>> {
+pub(super) fn default_scene_builder() -> anyhow::Result<Arc<dyn SceneBuilder>> {
     use cielr::scene::centernet::DetectOptions;
     use cielr::scene::coco_detector::CocoDetectorSceneBuilder;
     use cielr::scene::model_cache::ModelCache;
@@ -89,12 +112,35 @@ fn default_scene_builder() -> anyhow::Result<Arc<dyn SceneBuilder>> {
     Ok(Arc::new(builder))
 }
 
-fn editor(a: &EditArgs) -> anyhow::Result<Arc<dyn Editor>> {
+/// The editor `--editor` (and its options) describe.
+pub(super) fn editor(a: &EditorArgs) -> anyhow::Result<Arc<dyn Editor>> {
     use cielr::core::{EditOp, RoutingEditor};
     use cielr::diffusion::{ClassicalEditor, SdEditorOptions, StableDiffusionInpaintEditor};
     let classical: Arc<dyn Editor> = Arc::new(ClassicalEditor::default());
     if a.editor == EditorKind::Classical {
         return Ok(classical);
+    }
+    let load_lama = |path: &PathBuf| -> anyhow::Result<Arc<dyn Editor>> {
+        eprintln!("[edit] loading LaMa from {}", path.display());
+        let lama = cielr::diffusion::LamaEditor::<cielr::core::backend::CpuBackend>::load(
+            path,
+            Default::default(),
+            &Default::default(),
+        )
+        .with_context(|| format!("loading LaMa from {}", path.display()))?;
+        Ok(Arc::new(lama))
+    };
+    if a.editor == EditorKind::Lama {
+        let Some(path) = &a.lama_model else {
+            bail!(
+                "--editor lama needs the model: --lama-model <folder from tools/lama/convert_checkpoint.py> (see docs/models.md)"
+            );
+        };
+        return Ok(Arc::new(
+            RoutingEditor::new()
+                .route(&[EditOp::Remove], load_lama(path)?)
+                .route(&[EditOp::Recolor], classical),
+        ));
     }
     if !(a.guidance.is_finite() && a.guidance >= 0.0) {
         bail!(
@@ -122,12 +168,42 @@ fn editor(a: &EditArgs) -> anyhow::Result<Arc<dyn Editor>> {
     let sd = StableDiffusionInpaintEditor::<cielr::core::backend::CpuBackend>::from_dir(
         dir, options, &device,
     )
-    .with_context(|| format!("loading the inpainting model {}", dir.display()))?;
+    .with_context(|| format!("loading the inpainting model {}", dir.display()))?
+    .with_step_hook(Arc::new(denoise_progress));
+    // Removal never goes to SD (with an empty prompt it invents objects): LaMa when given.
+    let remover = match &a.lama_model {
+        Some(path) => load_lama(path)?,
+        None => classical.clone(),
+    };
     Ok(Arc::new(
         RoutingEditor::new()
-            .route(&[EditOp::Remove, EditOp::Recolor], classical)
+            .route(&[EditOp::Remove], remover)
+            .route(&[EditOp::Recolor], classical)
             .route(&[EditOp::Replace, EditOp::Add], Arc::new(sd)),
     ))
+}
+
+/// Prints a denoising step on stderr: step, elapsed time and the estimated time left.
+fn denoise_progress(p: &cielr::diffusion::DenoiseProgress) {
+    eprintln!(
+        "[edit] denoising step {}/{}, {:.1}s elapsed, ETA {:.1}s",
+        p.step,
+        p.total,
+        p.elapsed.as_secs_f64(),
+        p.eta().as_secs_f64()
+    );
+}
+
+/// Where sample `j` goes: OUTPUT for sample 0, `<stem>.<j>.<ext>` beside it after that.
+fn sample_path(output: &Path, j: u32) -> PathBuf {
+    if j == 0 {
+        return output.to_path_buf();
+    }
+    let stem = output.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    match output.extension().and_then(|e| e.to_str()) {
+        Some(ext) => output.with_file_name(format!("{stem}.{j}.{ext}")),
+        None => output.with_file_name(format!("{stem}.{j}")),
+    }
 }
 
 /// Runs `cielr edit`.
@@ -145,13 +221,16 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             let scene = Scene::load(path).context("reading the SSR given by --scene")?;
             Arc::new(StaticSceneBuilder::new(scene))
         }
-        None => default_scene_builder()?,
+        None => match a.scene_models.builder()? {
+            Some(b) => b,
+            None => default_scene_builder()?,
+        },
     };
     let chosen =
         models::language_model(a.reasoning.llm.as_deref(), a.reasoning.llm_model.as_deref())?;
     let model = chosen.model.clone();
     let planner = Arc::new(a.reasoning.planner(&chosen));
-    let editor = editor(&a)?;
+    let editor = editor(&a.editor)?;
     let pipeline = Pipeline {
         scene_builder: scene_builder.clone(),
         planner: planner.clone(),
@@ -171,6 +250,36 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     save_rgb(&out.image, &a.output)?;
+    // Further samples: the same plan and masks, executed with the next base seeds.
+    let n_steps = out.plan.steps.len() as u64;
+    let seeds_of = |base: u64| -> Vec<u64> { (0..n_steps).map(|i| base.wrapping_add(i)).collect() };
+    let mut samples = vec![serde_json::json!({
+        "sample": 0,
+        "output": a.output.display().to_string(),
+        "seeds": seeds_of(a.seed),
+    })];
+    if a.samples > 1 {
+        let planned = cielr::core::pipeline::PlanningOutput {
+            plan: out.plan.clone(),
+            scenes: out.scenes.clone(),
+            scene_of_step: out.scene_of_step.clone(),
+        };
+        for j in 1..a.samples {
+            let base = a.seed.wrapping_add(j as u64);
+            eprintln!("[edit] sample {}/{} (seed {base})", j + 1, a.samples);
+            let mut sampler = pipeline.clone();
+            sampler.options.seed = base;
+            let (image_j, _) = pollster::block_on(sampler.execute(&image, &planned, &progress))
+                .with_context(|| format!("sample {j} failed"))?;
+            let path = sample_path(&a.output, j);
+            save_rgb(&image_j, &path)?;
+            samples.push(serde_json::json!({
+                "sample": j,
+                "output": path.display().to_string(),
+                "seeds": seeds_of(base),
+            }));
+        }
+    }
     let components = BTreeMap::from([
         ("scene_builder".to_string(), scene_builder.name()),
         (
@@ -181,7 +290,11 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
         ("editor".to_string(), editor.name()),
     ]);
     let report_path = sibling(&a.output, ".report.json");
-    let report = serde_json::to_string_pretty(&out.report(&a.instruction, &components))?;
+    let mut report = out.report(&a.instruction, &components);
+    if let Some(obj) = report.as_object_mut() {
+        obj.insert("samples".into(), serde_json::Value::Array(samples));
+    }
+    let report = serde_json::to_string_pretty(&report)?;
     std::fs::write(&report_path, report)
         .with_context(|| format!("writing {}", report_path.display()))?;
     let targets: Vec<u32> = out

@@ -1,8 +1,10 @@
 //! Argument parsing and command dispatch for the `cielr` binary.
 
 mod edit;
+mod eval;
 mod models;
 mod plan;
+mod scene;
 
 use std::path::PathBuf;
 
@@ -22,6 +24,10 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Edit an image: build the SSR, reason, execute the actions and write the result.
     Edit(edit::EditArgs),
+    /// Evaluate on a benchmark (CIEBench, Reason-Edit, a JSONL manifest) and write reports.
+    Eval(eval::EvalArgs),
+    /// Build the SSR of an image, print it as the LLM sees it and write the SSR JSON.
+    Scene(scene::SceneArgs),
 }
 
 /// Options shared by the commands that reason.
@@ -91,6 +97,8 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Plan(a) => plan::run(a),
         Command::Edit(a) => edit::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Scene(a) => scene::run(a),
     }
 }
 

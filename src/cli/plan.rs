@@ -12,9 +12,16 @@ use super::{models, progress, ReasoningArgs};
 /// Arguments of `cielr plan`.
 #[derive(Args, Debug)]
 pub struct PlanArgs {
-    /// SSR file (docs/ssr-format.md).
+    /// SSR file (docs/ssr-format.md); may be left out when --image and the model folders
+    /// are given (the SSR is then built from the image).
+    #[arg(long, value_name = "FILE", required_unless_present = "image")]
+    scene: Option<PathBuf>,
+    /// The image the SSR describes: with --owlv2/--sam/--depth the paper's builder builds
+    /// (without --scene) and refines the SSR from it (the chain of SSR updates).
     #[arg(long, value_name = "FILE")]
-    scene: PathBuf,
+    image: Option<PathBuf>,
+    #[command(flatten)]
+    scene_models: super::scene::SceneModelArgs,
     /// The instruction, e.g. "What here makes the TV louder? Replace it with a floor lamp."
     instruction: String,
     /// Print exactly the plan JSON on stdout: {"steps": [...], "trace": [...]}.
@@ -26,13 +33,34 @@ pub struct PlanArgs {
 
 /// Runs `cielr plan`.
 pub fn run(a: PlanArgs) -> anyhow::Result<()> {
-    let scene = Scene::load(&a.scene).context("reading the SSR given by --scene")?;
+    let builder = a.scene_models.builder()?;
+    let image = match &a.image {
+        Some(p) => Some(
+            cielr::core::io::load_rgb(p)
+                .with_context(|| format!("reading the image {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let refiner = match (&builder, &image) {
+        (Some(b), Some(i)) => Refiner::Builder(b.as_ref(), i),
+        (Some(_), None) => anyhow::bail!("the model folders need --image to look at"),
+        _ => Refiner::None,
+    };
+    let scene = match (&a.scene, &refiner) {
+        (Some(path), _) => Scene::load(path).context("reading the SSR given by --scene")?,
+        (None, Refiner::Builder(b, i)) => {
+            pollster::block_on(b.build(i, &a.reasoning.queries)).context("building the SSR")?
+        }
+        (None, Refiner::None) => anyhow::bail!(
+            "without --scene, cielr plan needs --image and the model folders (--owlv2 --sam --depth)"
+        ),
+    };
     let chosen =
         models::language_model(a.reasoning.llm.as_deref(), a.reasoning.llm_model.as_deref())?;
     let planner = a.reasoning.planner(&chosen);
     let out = pollster::block_on(plan(
         &planner,
-        Refiner::None,
+        refiner,
         scene,
         &a.instruction,
         a.reasoning.rounds as usize,

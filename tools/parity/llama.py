@@ -19,6 +19,18 @@ Usage:
                                              # crates/cielr-planner/tests/fixtures)
   tools/parity/llama.py full  OUT_DIR        # one Qwen2.5-0.5B-sized random checkpoint
                                              # (not committed; see llama_full.sh)
+  tools/parity/llama.py batch [OUT_DIR]      # batch_reference.safetensors in each tiny
+                                             # fixture folder (left-padded batched prefill
+                                             # and decode; the checkpoints are only read)
+
+`batch` writes, for prompts of different lengths in one left-padded batch (pad id 0):
+  batch_ids             [B, S] int64    the left-padded prompts
+  batch_mask            [B, S] int64    1 for real tokens, 0 for padding
+  batch_logits          [B, S, V] f32   logits of every position (padding rows: garbage)
+  batch_decode_ids      [D, B] int64    one token per row per step, fed with the cache
+  batch_decode_logits   [D, B, V] f32   logits after each step
+Position ids follow the attention mask (cumsum - 1, as `generate` computes them), so every
+row's logits equal those of its prompt alone; the script checks that.
 
 Needs: torch, transformers (4.4x or 5.x), safetensors, numpy. Deterministic (seeded).
 """
@@ -125,6 +137,62 @@ def build(name, cls, config, dtype, out_dir, seed, prompt_len=7, decode_len=3):
     )
 
 
+def batch(out_dir, names=("llama-tiny-llama3", "llama-tiny-qwen2", "llama-tiny-qwen3")):
+    from transformers import AutoModelForCausalLM
+
+    for i, name in enumerate(names):
+        folder = out_dir / name
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation="eager"
+        ).eval()
+        vocab = model.config.vocab_size
+        g = torch.Generator().manual_seed(100 + i)
+        lengths = [6, 2, 4]
+        prompts = [torch.randint(1, vocab, (n,), generator=g) for n in lengths]
+        steps = 3
+        decode = torch.randint(1, vocab, (steps, len(lengths)), generator=g)
+        width = max(lengths)
+        ids = torch.zeros(len(lengths), width, dtype=torch.int64)
+        mask = torch.zeros(len(lengths), width, dtype=torch.int64)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p) :] = p
+            mask[r, width - len(p) :] = 1
+        with torch.no_grad():
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(ids, attention_mask=mask, position_ids=pos, use_cache=True)
+            logits = out.logits.float()
+            cache, m, last = out.past_key_values, mask, pos[:, -1]
+            dec = []
+            for t in decode:
+                m = torch.cat([m, torch.ones(len(lengths), 1, dtype=torch.int64)], dim=1)
+                last = last + 1
+                o = model(t[:, None], attention_mask=m, position_ids=last[:, None],
+                          past_key_values=cache, use_cache=True)
+                cache = o.past_key_values
+                dec.append(o.logits[:, -1].float())
+            dec = torch.stack(dec)
+            # Each row alone (no padding) gives the same logits.
+            for r, p in enumerate(prompts):
+                seq = torch.cat([p, decode[:, r]])
+                alone = model(seq[None]).logits[0].float()
+                n = len(p)
+                assert torch.allclose(alone[:n], logits[r, width - n :], atol=1e-4), (name, r)
+                assert torch.allclose(alone[n:], dec[:, r], atol=1e-4), (name, r)
+        path = folder / "batch_reference.safetensors"
+        save_file(
+            {
+                "batch_ids": ids.contiguous(),
+                "batch_mask": mask.contiguous(),
+                "batch_logits": logits.contiguous(),
+                "batch_decode_ids": decode.to(torch.int64).contiguous(),
+                "batch_decode_logits": dec.contiguous(),
+            },
+            str(path),
+        )
+        path.chmod(0o644)
+        print(f"{name}: batch of {lengths}, {steps} decode steps, {path.stat().st_size / 1024:.0f} KiB")
+
+
 def tiny(out_dir):
     common = dict(
         hidden_size=64,
@@ -203,6 +271,9 @@ if __name__ == "__main__":
     if mode == "tiny":
         out = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "crates/cielr-planner/tests/fixtures"
         tiny(out)
+    elif mode == "batch":
+        out = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "crates/cielr-planner/tests/fixtures"
+        batch(out)
     elif mode == "full":
         if len(sys.argv) < 3:
             sys.exit("usage: llama.py full OUT_DIR")

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-/work/venv-ref/bin/python}
 F=crates/cielr-planner/tests/fixtures
 "$PY" tools/parity/llama.py tiny "$F" 2>/dev/null
+"$PY" tools/parity/llama.py batch "$F" 2>/dev/null
 for m in llama3 qwen3; do
   "$PY" tools/parity/llama_gguf.py "$F/llama-tiny-$m" "$F/llama-tiny-$m/model.gguf"
   chmod 644 "$F/llama-tiny-$m/model.gguf"

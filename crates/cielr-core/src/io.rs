@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use image::{DynamicImage, GrayImage, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits, RgbImage};
 
 use crate::error::{CoreError, Result};
 
@@ -11,9 +11,18 @@ use crate::error::{CoreError, Result};
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
 /// Largest decoder allocation accepted, in bytes.
 pub const MAX_IMAGE_ALLOC: u64 = 1 << 30;
+/// Largest ratio of decoded bytes to file bytes accepted for images that decode to more than
+/// [`RATIO_CHECK_BYTES`]. Deflate cannot expand more than about 1032:1 and a flat-colour JPEG
+/// stays under 200:1, so only decompression bombs and truncated files (which decoders pad
+/// out) exceed it: a 263-byte progressive JPEG claiming 15112x13824 pixels made the decoder
+/// allocate and fill 1.4 GB (found by fuzzing).
+pub const MAX_DECODE_RATIO: u64 = 4096;
+/// Decoded size above which [`MAX_DECODE_RATIO`] is checked.
+pub const RATIO_CHECK_BYTES: u64 = 64 << 20;
 
 fn decode(path: &Path) -> Result<DynamicImage> {
     let file = std::fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| CoreError::io(path, e))?.len();
     // No format from the extension: datasets hold JPEG bytes in files named .png.
     let mut reader = ImageReader::new(std::io::BufReader::new(file))
         .with_guessed_format()
@@ -36,10 +45,28 @@ fn decode(path: &Path) -> Result<DynamicImage> {
             ),
         });
     }
-    reader.decode().map_err(|e| CoreError::Image {
+    let err = |e| CoreError::Image {
         context: format!("decoding {}", path.display()),
         source: e,
-    })
+    };
+    // The header is read (and the size limits applied) before any pixel is allocated.
+    let decoder = reader.into_decoder().map_err(err)?;
+    let (w, h) = decoder.dimensions();
+    let decoded = decoder.total_bytes();
+    if decoded > RATIO_CHECK_BYTES && decoded / file_len.max(1) > MAX_DECODE_RATIO {
+        return Err(CoreError::Image {
+            context: format!(
+                "decoding {}: the header claims {w}x{h} pixels ({decoded} bytes decoded) from a \
+                 {file_len}-byte file, more than {MAX_DECODE_RATIO} times its size (a \
+                 decompression bomb or a truncated file)",
+                path.display()
+            ),
+            source: image::ImageError::Limits(image::error::LimitError::from_kind(
+                image::error::LimitErrorKind::InsufficientMemory,
+            )),
+        });
+    }
+    DynamicImage::from_decoder(decoder).map_err(err)
 }
 
 /// Reads a PNG or JPEG (whatever the extension says) as 8-bit RGB.

@@ -16,6 +16,23 @@ use crate::scene::Scene;
 use crate::spatial::{Relation, SpatialQuery};
 use crate::traits::{Planner, RoundInput, RoundOutcome};
 
+/// The longest answer read, in bytes: a longer one (a server ignoring `max_tokens`, a
+/// runaway generation) is rejected without being parsed, and only this much of it is kept in
+/// the trace and sent back with the retry.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Options of the [`CielrPlanner`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReasoningOptions {
@@ -94,7 +111,8 @@ impl CielrPlanner {
             let mut request =
                 GenerationRequest::new(step, messages.clone(), Some(constraint.clone()));
             request.max_tokens = self.options.max_tokens;
-            let answer = self.model.complete(&request).await?;
+            let full = self.model.complete(&request).await?;
+            let answer = truncated(&full, MAX_ANSWER_BYTES).to_string();
             trace.push(TraceEntry::Question {
                 step: step.to_string(),
                 question: messages
@@ -103,7 +121,15 @@ impl CielrPlanner {
                     .unwrap_or_default(),
                 answer: answer.clone(),
             });
-            match constraint.parse(&answer).and_then(|v| check(&v).map(|_| v)) {
+            let parsed = if full.len() > MAX_ANSWER_BYTES {
+                Err(format!(
+                    "the answer is {} bytes long; at most {MAX_ANSWER_BYTES} are read",
+                    full.len()
+                ))
+            } else {
+                constraint.parse(&answer).and_then(|v| check(&v).map(|_| v))
+            };
+            match parsed {
                 Ok(v) => return Ok(v),
                 Err(reason) => {
                     trace.push(TraceEntry::Note {

@@ -57,6 +57,10 @@ impl SceneObject {
 /// word that found it): kept in the SSR file, left out of what the LLM reads.
 pub const PROVENANCE_ATTRIBUTES: [&str; 3] = ["mask", "source", "query"];
 
+/// The most mask pixels one SSR file may decode, over all its objects (2^30: 128 MiB of
+/// bits; a thousand 1024 x 1024 masks, or one hundred 4K masks).
+pub const MAX_SSR_MASK_PIXELS: u64 = 1 << 30;
+
 /// An SSR: the image size, its objects and the detector queries that produced them.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Scene {
@@ -109,10 +113,13 @@ impl Scene {
         }
     }
 
-    /// Parses and validates the SSR JSON format.
+    /// Parses and validates the SSR JSON format. The masks' decoded pixels, summed over the
+    /// objects, may not exceed [`MAX_SSR_MASK_PIXELS`]: a few bytes of RLE can claim a
+    /// 65536 x 65536 mask, and a file can hold thousands of them.
     pub fn from_json(text: &str) -> Result<Scene> {
         let file: SceneFile = serde_json::from_str(text).map_err(|e| CoreError::json("SSR", e))?;
         let mut objects = Vec::with_capacity(file.objects.len());
+        let mut mask_pixels: u64 = 0;
         for o in file.objects {
             let mask = match &o.mask {
                 None => None,
@@ -121,6 +128,15 @@ impl Scene {
                         return Err(CoreError::InvalidScene(format!(
                             "object {} ({}): mask size [{}, {}] differs from the scene's [{}, {}] (sizes are [H, W])",
                             o.id, o.label, rle.size[0], rle.size[1], file.height, file.width
+                        )));
+                    }
+                    mask_pixels =
+                        mask_pixels.saturating_add(file.width as u64 * file.height as u64);
+                    if mask_pixels > MAX_SSR_MASK_PIXELS {
+                        return Err(CoreError::InvalidScene(format!(
+                            "object {} ({}): the masks of this {}x{} SSR add up to more than \
+                             {MAX_SSR_MASK_PIXELS} pixels",
+                            o.id, o.label, file.width, file.height
                         )));
                     }
                     Some(Mask::from_coco(rle).map_err(|e| {

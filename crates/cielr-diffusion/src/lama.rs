@@ -164,6 +164,9 @@ enum Act {
     Identity,
 }
 
+/// The largest `n_downsampling` [`LamaConfig::check`] accepts.
+pub const MAX_DOWNSAMPLING: usize = 16;
+
 impl LamaConfig {
     /// Reads a `config.json`.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -208,6 +211,17 @@ impl LamaConfig {
         }
         if self.pad_out_to_modulo == 0 {
             return Err("pad_out_to_modulo must be positive".into());
+        }
+        // Channel counts are `ngf << i` and the input side unit is `2 << n_downsampling`: keep
+        // both shifts far from overflowing (LaMa uses 3 downsamplings).
+        if self.n_downsampling > MAX_DOWNSAMPLING
+            || self.ngf.checked_shl(self.n_downsampling as u32).is_none()
+            || (self.ngf << self.n_downsampling) >> self.n_downsampling != self.ngf
+        {
+            return Err(format!(
+                "n_downsampling {} is too large (at most {MAX_DOWNSAMPLING}, with ngf {} <<                  n_downsampling fitting in usize)",
+                self.n_downsampling, self.ngf
+            ));
         }
         self.act()?;
         for (what, k) in [
@@ -1136,5 +1150,23 @@ mod tests {
             r#"{"resnet_conv_kwargs": {"ratio_gin": 0.75, "spectral_pos_encoding": true}}"#,
         );
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn huge_n_downsampling_is_a_config_error_not_a_shift_overflow() {
+        for n in [MAX_DOWNSAMPLING + 1, 64, 200] {
+            let c = LamaConfig {
+                n_downsampling: n,
+                ..LamaConfig::default()
+            };
+            let e = c.check().expect_err("n_downsampling out of range");
+            assert!(e.contains("n_downsampling"), "{e}");
+        }
+        let wide = LamaConfig {
+            ngf: usize::MAX / 2,
+            n_downsampling: 2,
+            ..LamaConfig::default()
+        };
+        assert!(wide.check().is_err());
     }
 }

@@ -2,7 +2,8 @@
 //! [`SdInpaintPipeline`].
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use burn::prelude::Backend;
@@ -11,6 +12,7 @@ use cielr_core::{EditOp, EditRequest, Editor};
 use image::imageops::FilterType;
 use image::RgbImage;
 
+use crate::blocks::AttentionSlicing;
 use crate::error::{DiffusionError, Result};
 use crate::inpaint::check_mask;
 use crate::sd_inpaint::{InpaintParams, SdInpaintPipeline, StepProgress};
@@ -57,6 +59,31 @@ impl Default for SdEditorOptions {
     }
 }
 
+/// Where an edit's denoising stands, as [`StableDiffusionInpaintEditor`]'s step hook sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DenoiseProgress {
+    /// Steps done (1 after the first).
+    pub step: usize,
+    /// Steps in this edit.
+    pub total: usize,
+    /// Time since the edit started (prompt encoding and VAE encoding included).
+    pub elapsed: Duration,
+}
+
+impl DenoiseProgress {
+    /// The remaining time if the remaining steps take as long as the average step so far.
+    pub fn eta(&self) -> Duration {
+        if self.step == 0 {
+            return Duration::ZERO;
+        }
+        self.elapsed
+            .mul_f64((self.total.saturating_sub(self.step)) as f64 / self.step as f64)
+    }
+}
+
+/// A hook called after every denoising step of [`Editor::edit`].
+pub type StepHook = Arc<dyn Fn(&DenoiseProgress) + Send + Sync>;
+
 /// Edits with Stable Diffusion inpainting: `replace` and `add` paint the action's prompt into
 /// the mask (`recolor` and `remove` only when enabled in [`SdEditorOptions`]).
 ///
@@ -64,12 +91,23 @@ impl Default for SdEditorOptions {
 /// ([`window_around`]) is cropped, resized to `model_size` (a window made oblong by a narrow
 /// image keeps its aspect ratio), inpainted, resized back and pasted inside the mask only, so every pixel outside the mask is bit-identical to the input.
 /// The seed of [`EditRequest`] seeds the initial noise: the same seed gives the same image.
-#[derive(Debug)]
 pub struct StableDiffusionInpaintEditor<B: Backend> {
     pipeline: Mutex<SdInpaintPipeline<B>>,
     options: SdEditorOptions,
     name: String,
     multiple: u32,
+    step_hook: Option<StepHook>,
+}
+
+impl<B: Backend> std::fmt::Debug for StableDiffusionInpaintEditor<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StableDiffusionInpaintEditor")
+            .field("pipeline", &self.pipeline)
+            .field("options", &self.options)
+            .field("name", &self.name)
+            .field("step_hook", &self.step_hook.is_some())
+            .finish()
+    }
 }
 
 impl<B: Backend> StableDiffusionInpaintEditor<B> {
@@ -86,7 +124,23 @@ impl<B: Backend> StableDiffusionInpaintEditor<B> {
             pipeline: Mutex::new(pipeline),
             options,
             name: name.into(),
+            step_hook: None,
         })
+    }
+
+    /// Calls `hook` after every denoising step of [`Editor::edit`] (e.g. to print progress).
+    pub fn with_step_hook(mut self, hook: StepHook) -> Self {
+        self.step_hook = Some(hook);
+        self
+    }
+
+    /// Sets how the model's attention is sliced (see [`AttentionSlicing`]).
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) -> Result<()> {
+        self.pipeline
+            .get_mut()
+            .map_err(|_| DiffusionError::InvalidOption("the pipeline lock is poisoned".into()))?
+            .set_attention_slicing(slicing);
+        Ok(())
     }
 
     /// Loads a diffusers inpainting folder (see [`SdInpaintPipeline::from_dir`]).
@@ -173,8 +227,19 @@ impl<B: Backend> StableDiffusionInpaintEditor<B> {
 
     /// Runs one edit synchronously (what [`Editor::edit`] does, without the async wrapper and
     /// with this crate's error type).
+    /// Calls the step hook (see [`with_step_hook`](Self::with_step_hook)) if there is one.
     pub fn edit_sync(&self, request: EditRequest<'_>) -> Result<RgbImage> {
-        self.edit_with_progress(request, &mut |_, _| {})
+        let start = Instant::now();
+        let hook = self.step_hook.clone();
+        self.edit_with_progress(request, &mut |step, total| {
+            if let Some(h) = &hook {
+                h(&DenoiseProgress {
+                    step,
+                    total,
+                    elapsed: start.elapsed(),
+                });
+            }
+        })
     }
 }
 
@@ -240,5 +305,17 @@ mod tests {
         assert_eq!(model_dims(300, 300, 512, 8), (512, 512));
         assert_eq!(model_dims(400, 200, 512, 8), (512, 256));
         assert_eq!(model_dims(10, 1000, 512, 64), (64, 512));
+    }
+
+    #[test]
+    fn eta_extrapolates_the_average_step() {
+        let p = DenoiseProgress {
+            step: 4,
+            total: 10,
+            elapsed: Duration::from_secs(8),
+        };
+        assert_eq!(p.eta(), Duration::from_secs(12));
+        let done = DenoiseProgress { step: 10, ..p };
+        assert_eq!(done.eta(), Duration::ZERO);
     }
 }

@@ -14,7 +14,7 @@
 //! for SD's VAE). The parity test (`tests/sd_inpaint_parity.rs`, reference from
 //! `tools/parity/diffusers_inpaint.py`) runs diffusers the same way.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::prelude::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -23,10 +23,12 @@ use cielr_scene::clip::{ClipTextTransformer, ClipTokenizer};
 use image::{Rgb, RgbImage};
 use serde_json::Value;
 
+use crate::blocks::AttentionSlicing;
 use crate::error::{DiffusionError, Result};
 use crate::schedulers::{
     build_scheduler, NoiseSource, SchedulerConfig, SchedulerKind, SeededNoise,
 };
+use crate::sd_tokenizer::load_clip_tokenizer;
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKl;
 
@@ -112,19 +114,10 @@ fn read_json(path: &Path) -> Result<Value> {
         .map_err(|e| DiffusionError::config(path.display().to_string(), e.to_string()))
 }
 
-/// The pad token a `tokenizer_config.json` names (a string or `{"content": ...}`).
-fn pad_token(config: &Value) -> Option<String> {
-    match config.get("pad_token")? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-        _ => None,
-    }
-}
-
 impl<B: Backend> SdInpaintPipeline<B> {
     /// Loads a diffusers inpainting folder: `unet/`, `vae/`, `text_encoder/`,
-    /// `tokenizer/tokenizer.json` (padding with the `pad_token` of `tokenizer_config.json` when
-    /// there is one), `scheduler/scheduler_config.json` and `model_index.json` (checked to
+    /// `tokenizer/tokenizer.json` or, without it, `tokenizer/vocab.json` + `merges.txt`
+    /// (padding with the `pad_token` of `tokenizer_config.json` when there is one), `scheduler/scheduler_config.json` and `model_index.json` (checked to
     /// name an inpainting pipeline when it has a `_class_name`).
     pub fn from_dir(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let dir = dir.as_ref();
@@ -160,15 +153,7 @@ impl<B: Backend> SdInpaintPipeline<B> {
     }
 
     fn load_tokenizer(dir: &Path, encoder: &ClipTextTransformer<B>) -> Result<ClipTokenizer> {
-        let max_length = encoder.max_position_embeddings();
-        let mut tokenizer = ClipTokenizer::from_file(dir.join("tokenizer.json"), max_length)?;
-        let config_path: PathBuf = dir.join("tokenizer_config.json");
-        if config_path.exists() {
-            if let Some(pad) = pad_token(&read_json(&config_path)?) {
-                tokenizer = tokenizer.with_pad_token(&pad)?;
-            }
-        }
-        Ok(tokenizer)
+        load_clip_tokenizer(dir, encoder.max_position_embeddings())
     }
 
     /// Joins loaded parts, checking that they fit together (9 UNet input channels = latents +
@@ -219,6 +204,13 @@ impl<B: Backend> SdInpaintPipeline<B> {
             scheduler_kind,
             device: device.clone(),
         })
+    }
+
+    /// Sets how the UNet's and the VAE's attention is sliced (see [`AttentionSlicing`]; on by
+    /// default, bounding each slice to 2^25 scores).
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) {
+        self.unet.set_attention_slicing(slicing);
+        self.vae.set_attention_slicing(slicing);
     }
 
     /// Uses another scheduler class with the folder's scheduler configuration (as diffusers'

@@ -34,13 +34,15 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
-use burn::tensor::activation::{gelu, silu, softmax};
+use burn::tensor::activation::{gelu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::blocks::{Downsample2d, ResnetBlock2d, ResnetBlockConfig, Upsample2d};
+use crate::blocks::{
+    attention, AttentionSlicing, Downsample2d, ResnetBlock2d, ResnetBlockConfig, Upsample2d,
+};
 use crate::error::{DiffusionError, Result};
 use crate::weights::{read_json, Checkpoint, Weights};
 
@@ -552,6 +554,8 @@ pub struct CrossAttention<B: Backend> {
     to_out: Linear<B>,
     heads: usize,
     head_dim: usize,
+    /// [`AttentionSlicing`] as a score bound (0 = off).
+    max_scores: usize,
 }
 
 impl<B: Backend> CrossAttention<B> {
@@ -572,12 +576,21 @@ impl<B: Backend> CrossAttention<B> {
             to_out: w.pp("to_out.0").linear(inner, dim, true, device)?,
             heads,
             head_dim,
+            max_scores: AttentionSlicing::default().as_limit(),
         })
     }
 
-    fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+    /// `[B, N, heads * head_dim]` to `[B * heads, N, head_dim]`.
+    fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
-        x.reshape([b, n, self.heads, self.head_dim]).swap_dims(1, 2)
+        x.reshape([b, n, self.heads, self.head_dim])
+            .swap_dims(1, 2)
+            .reshape([b * self.heads, n, self.head_dim])
+    }
+
+    /// Sets how the attention is sliced (see [`AttentionSlicing`]).
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) {
+        self.max_scores = slicing.as_limit();
     }
 
     /// `x` `[B, N, dim]`, `context` `[B, S, context_dim]` (or none for self-attention).
@@ -588,9 +601,10 @@ impl<B: Backend> CrossAttention<B> {
         let k = self.split_heads(self.to_k.forward(context.clone()));
         let v = self.split_heads(self.to_v.forward(context));
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        let out = softmax(scores, 3).matmul(v);
+        let slicing = AttentionSlicing::from_limit(self.max_scores);
+        let out = attention(q, k, v, scale, slicing);
         let out = out
+            .reshape([b, self.heads, n, self.head_dim])
             .swap_dims(1, 2)
             .reshape([b, n, self.heads * self.head_dim]);
         self.to_out.forward(out)
@@ -631,6 +645,12 @@ impl<B: Backend> BasicTransformerBlock<B> {
                 .linear(dim, 2 * ff_inner, ff_bias, device)?,
             ff_out: w.pp("ff.net.2").linear(ff_inner, dim, ff_bias, device)?,
         })
+    }
+
+    /// Sets how both attentions are sliced.
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) {
+        self.attn1.set_attention_slicing(slicing);
+        self.attn2.set_attention_slicing(slicing);
     }
 
     /// Applies the block to `[B, N, dim]` tokens with text states `[B, S, context_dim]`.
@@ -717,6 +737,13 @@ impl<B: Backend> Transformer2d<B> {
                 None
             },
         })
+    }
+
+    /// Sets how every block's attention is sliced.
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) {
+        for b in &mut self.blocks {
+            b.set_attention_slicing(slicing);
+        }
     }
 
     /// Applies the transformer to `[B, C, H, W]` with text states `[B, S, context_dim]`.
@@ -1107,6 +1134,19 @@ impl<B: Backend> UNet2DConditionModel<B> {
             )?,
             config: cfg.clone(),
         })
+    }
+
+    /// Sets how every attention layer is sliced ([`AttentionSlicing::default`] after loading:
+    /// at most 2^25 scores at once; [`AttentionSlicing::Off`] computes all heads at once).
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) {
+        let down = self.down_blocks.iter_mut().map(|b| &mut b.attentions);
+        let up = self.up_blocks.iter_mut().map(|b| &mut b.attentions);
+        let mid = self.mid_block.iter_mut().map(|b| &mut b.attentions);
+        for attentions in down.chain(up).chain(mid) {
+            for t in attentions.iter_mut() {
+                t.set_attention_slicing(slicing);
+            }
+        }
     }
 
     /// Loads a diffusers `unet` folder: `config.json` and `diffusion_pytorch_model.safetensors`

@@ -29,14 +29,14 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::Deserialize;
 use serde_json::Value;
 
 pub use crate::blocks::ResnetBlock2d;
-use crate::blocks::{Downsample2d, ResnetBlockConfig, Upsample2d};
+use crate::blocks::{attention, AttentionSlicing, Downsample2d, ResnetBlockConfig, Upsample2d};
 use crate::error::{DiffusionError, Result};
 use crate::schedulers::NoiseSource;
 use crate::weights::{read_json, Checkpoint, Weights};
@@ -279,6 +279,8 @@ pub struct VaeAttention<B: Backend> {
     to_v: Linear<B>,
     to_out: Linear<B>,
     scale: f64,
+    /// [`AttentionSlicing`] as a score bound (0 = off).
+    max_scores: usize,
 }
 
 impl<B: Backend> VaeAttention<B> {
@@ -296,7 +298,13 @@ impl<B: Backend> VaeAttention<B> {
             to_v: w.pp(v).linear(c, c, true, device)?,
             to_out: w.pp(o).linear(c, c, true, device)?,
             scale: 1.0 / (c as f64).sqrt(),
+            max_scores: AttentionSlicing::default().as_limit(),
         })
+    }
+
+    /// Sets how the attention is sliced (see [`AttentionSlicing`]).
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) {
+        self.max_scores = slicing.as_limit();
     }
 
     /// Applies attention with its residual connection.
@@ -310,9 +318,8 @@ impl<B: Backend> VaeAttention<B> {
         let q = self.to_q.forward(seq.clone());
         let k = self.to_k.forward(seq.clone());
         let v = self.to_v.forward(seq);
-        let scores = q.matmul(k.swap_dims(1, 2)) * self.scale;
-        let attn = softmax(scores, 2);
-        let out = self.to_out.forward(attn.matmul(v));
+        let slicing = AttentionSlicing::from_limit(self.max_scores);
+        let out = self.to_out.forward(attention(q, k, v, self.scale, slicing));
         out.swap_dims(1, 2).reshape([b, c, h, w]) + x
     }
 }
@@ -347,6 +354,13 @@ impl<B: Backend> MidBlock<B> {
             },
             resnet1: ResnetBlock2d::load(&w.pp("resnets.1"), resnet_config(c, c, groups), device)?,
         })
+    }
+
+    /// Sets how the attention (if any) is sliced.
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) {
+        if let Some(a) = &mut self.attention {
+            a.set_attention_slicing(slicing);
+        }
     }
 
     /// Applies the block.
@@ -621,6 +635,13 @@ pub struct AutoencoderKl<B: Backend> {
 }
 
 impl<B: Backend> AutoencoderKl<B> {
+    /// Sets how the encoder's and decoder's mid-block attention is sliced
+    /// ([`AttentionSlicing::default`] after loading).
+    pub fn set_attention_slicing(&mut self, slicing: AttentionSlicing) {
+        self.encoder.mid_block.set_attention_slicing(slicing);
+        self.decoder.mid_block.set_attention_slicing(slicing);
+    }
+
     /// Builds the model from a checkpoint's tensors (diffusers' names, from the root).
     pub fn load(w: &Weights, config: &AutoencoderKlConfig, device: &B::Device) -> Result<Self> {
         let l2 = 2 * config.latent_channels;

@@ -4,9 +4,9 @@
 //! instruction, an integer from 1 to 5. The benchmark score is the mean.
 //!
 //! Stage 1 is a [`ChangeDescriber`]; stage 2 any [`LanguageModel`] with the answer
-//! constrained to `1..5`. Unfinished: cielr has no describer backed by a served VLM (an
-//! OpenAI-compatible API with image input) yet, so `cielr eval` reports IDCS as not
-//! configured; the judge is usable from the library with your own [`ChangeDescriber`].
+//! constrained to `1..5`. [`crate::idcs_vlm::VlmDescriber`] is a describer backed by a
+//! served vision-language model (OpenAI-compatible API with image input); `cielr eval
+//! --vlm <url> --vlm-model <name>` uses it.
 
 use std::sync::Arc;
 

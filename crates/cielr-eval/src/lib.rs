@@ -10,10 +10,9 @@
 //! - [`runner`]: runs a stage of the method over a dataset (resumable, shardable, best of N).
 //! - [`report`]: `summary.json`, `summary.md`, `samples.csv` and a static `index.html`.
 //!
-//! - [`idcs`]: the two-stage IDCS judge over a [`idcs::ChangeDescriber`] and a language model.
-//!
-//! Unfinished: no describer backed by a served vision-language model yet, so `cielr eval`
-//! reports IDCS as not configured.
+//! - [`idcs`]: the two-stage IDCS judge over a [`idcs::ChangeDescriber`] and a language model;
+//!   [`idcs_vlm::VlmDescriber`] is stage 1 over a served vision-language model
+//!   (OpenAI-compatible API with image input).
 
 #![warn(missing_docs)]
 
@@ -21,6 +20,7 @@ pub mod clip_score;
 pub mod datasets;
 pub mod error;
 pub mod idcs;
+pub mod idcs_vlm;
 pub mod lpips;
 pub mod metrics;
 pub mod prepare;

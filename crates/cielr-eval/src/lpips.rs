@@ -196,10 +196,17 @@ impl LpipsMaps {
 
     /// LPIPS' spatial map (`spatial=True`) at `width x height`: each stage bilinearly
     /// upsampled like `nn.Upsample(mode="bilinear", align_corners=False)` and summed;
-    /// row-major.
-    pub fn spatial(&self, width: usize, height: usize) -> Vec<f64> {
+    /// row-major. A stage whose values do not fill its `height x width` (or that is empty) is
+    /// an error (the fields are public).
+    pub fn spatial(&self, width: usize, height: usize) -> Result<Vec<f64>> {
         let mut out = vec![0f64; width * height];
-        for (h, w, v) in &self.stages {
+        for (k, (h, w, v)) in self.stages.iter().enumerate() {
+            if *h == 0 || *w == 0 || v.len() != h * w {
+                return Err(CoreError::Metric(format!(
+                    "LPIPS stage {k} is {w}x{h} with {} values",
+                    v.len()
+                )));
+            }
             let ys = bilinear_taps(*h, height);
             let xs = bilinear_taps(*w, width);
             for (oy, &(y0, y1, ly)) in ys.iter().enumerate() {
@@ -211,7 +218,7 @@ impl LpipsMaps {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -347,13 +354,13 @@ pub fn lpips_prepared<B: Backend>(
     device: &B::Device,
 ) -> Result<LpipsScores> {
     let maps = net.maps(&prepared.edited, &prepared.original, device)?;
-    Ok(scores_from_maps(&maps, &prepared.mask))
+    scores_from_maps(&maps, &prepared.mask)
 }
 
 /// Both LPIPS numbers from one pair's stage maps and the resized greyscale mask (its size is
-/// the input size; 0 = unmasked).
-pub fn scores_from_maps(maps: &LpipsMaps, mask: &GrayImage) -> LpipsScores {
-    let spatial = maps.spatial(mask.width() as usize, mask.height() as usize);
+/// the input size; 0 = unmasked). Fails on a malformed stage (see [`LpipsMaps::spatial`]).
+pub fn scores_from_maps(maps: &LpipsMaps, mask: &GrayImage) -> Result<LpipsScores> {
+    let spatial = maps.spatial(mask.width() as usize, mask.height() as usize)?;
     let (mut sum, mut n) = (0.0f64, 0usize);
     for (&v, &m) in spatial.iter().zip(mask.as_raw()) {
         if m == 0 {
@@ -361,10 +368,10 @@ pub fn scores_from_maps(maps: &LpipsMaps, mask: &GrayImage) -> LpipsScores {
             n += 1;
         }
     }
-    LpipsScores {
+    Ok(LpipsScores {
         lpips: maps.value(),
         clean_lpips: (n > 0).then(|| sum / n as f64),
-    }
+    })
 }
 
 /// Prepares the inputs like [`prepare`] (greyscale mask, 0 = keep) and computes both LPIPS
@@ -487,12 +494,27 @@ mod tests {
         let maps = LpipsMaps {
             stages: vec![(1, 2, vec![0.0, 1.0])],
         };
-        assert_eq!(maps.spatial(4, 1), vec![0.0, 0.25, 0.75, 1.0]);
+        assert_eq!(maps.spatial(4, 1).unwrap(), vec![0.0, 0.25, 0.75, 1.0]);
         assert_eq!(maps.value(), 0.5);
         let mask = GrayImage::from_fn(4, 1, |x, _| image::Luma([if x < 2 { 0 } else { 255 }]));
-        let s = scores_from_maps(&maps, &mask);
+        let s = scores_from_maps(&maps, &mask).unwrap();
         assert_eq!(s.clean_lpips, Some(0.125));
         let all = GrayImage::from_pixel(4, 1, image::Luma([9]));
-        assert_eq!(scores_from_maps(&maps, &all).clean_lpips, None);
+        assert_eq!(scores_from_maps(&maps, &all).unwrap().clean_lpips, None);
+    }
+
+    /// Regression: a stage whose values do not fill its shape (or an empty stage) used to
+    /// panic on indexing (`v[y * w + x]`) or underflow (`input - 1`).
+    #[test]
+    fn malformed_stages_are_errors() {
+        let mask = GrayImage::new(4, 1);
+        for stage in [(1, 3, vec![0.0, 1.0]), (0, 2, vec![]), (1, 0, vec![])] {
+            let maps = LpipsMaps {
+                stages: vec![stage],
+            };
+            let e = maps.spatial(4, 1).expect_err("malformed stage");
+            assert!(e.to_string().contains("LPIPS stage 0"), "{e}");
+            assert!(scores_from_maps(&maps, &mask).is_err());
+        }
     }
 }

@@ -126,9 +126,11 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
-    /// Whether sample index `k` belongs to this shard.
+    /// Whether sample index `k` belongs to this shard (never, for a malformed shard of 0;
+    /// the fields are public and the type is deserialisable, so [`Shard::parse`]'s check may
+    /// not have run).
     pub fn contains(&self, k: usize) -> bool {
-        k % self.count == self.index
+        k.checked_rem(self.count) == Some(self.index)
     }
 }
 
@@ -1194,7 +1196,19 @@ impl Runner {
 pub fn chosen_region(planned: &PlanningOutput, width: u32, height: u32) -> EvalResult<Mask> {
     let mut region = Mask::new(width, height)?;
     for (i, step) in planned.plan.steps.iter().enumerate() {
-        let scene = &planned.scenes[planned.scene_of_step[i]];
+        // The fields are public: a step without an SSR is an error, not an index panic.
+        let scene = planned
+            .scene_of_step
+            .get(i)
+            .and_then(|&k| planned.scenes.get(k))
+            .ok_or_else(|| {
+                EvalError::Config(format!(
+                    "plan step {i} has no SSR ({} scene indices for {} steps, {} SSRs)",
+                    planned.scene_of_step.len(),
+                    planned.plan.steps.len(),
+                    planned.scenes.len()
+                ))
+            })?;
         let mut m = scene.union_region(&step.targets)?;
         if (m.width(), m.height()) != (width, height) {
             m = m.resize_nearest(width, height)?;

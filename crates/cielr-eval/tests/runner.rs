@@ -11,7 +11,8 @@ use cielr_core::{
 use cielr_eval::datasets::load_manifest;
 use cielr_eval::report::merge;
 use cielr_eval::runner::{
-    read_samples, Components, PreservationMetrics, RunOptions, Runner, SampleMetric, Shard, Stage,
+    chosen_region, read_samples, Components, PreservationMetrics, RunOptions, Runner, SampleMetric,
+    Shard, Stage,
 };
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use serde_json::Value;
@@ -434,4 +435,42 @@ fn a_metric_that_fails_everywhere_is_absent_with_its_reason() {
     assert_eq!(s["metric_errors"]["broken"], 3);
     assert!(s["metrics"]["psnr"].is_number());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Regression: `chosen_region` indexed `scenes[scene_of_step[i]]` and panicked on a
+/// `PlanningOutput` (public fields) whose step has no SSR index or a dangling one.
+#[test]
+fn chosen_region_of_an_inconsistent_plan_is_an_error() {
+    let action = EditAction {
+        op: EditOp::Remove,
+        targets: vec![0],
+        prompt: "remove".into(),
+    };
+    let plan = cielr_core::Plan {
+        steps: vec![action],
+        trace: Vec::new(),
+    };
+    for scene_of_step in [vec![], vec![3]] {
+        let planned = cielr_core::pipeline::PlanningOutput {
+            plan: plan.clone(),
+            scenes: vec![cielr_core::Scene::new(8, 8)],
+            scene_of_step,
+        };
+        let e = chosen_region(&planned, 8, 8).expect_err("inconsistent plan");
+        assert!(e.to_string().contains("plan step 0 has no SSR"), "{e}");
+    }
+}
+
+/// Regression: `Shard::contains` divided by `count`, and a `Shard` built or deserialised
+/// without [`Shard::parse`] can have `count == 0`.
+#[test]
+fn a_shard_of_zero_contains_nothing_instead_of_dividing_by_zero() {
+    let zero: Shard = serde_json::from_str(r#"{"index": 0, "count": 0}"#).unwrap();
+    assert!(!(0..4).any(|k| zero.contains(k)));
+    let two = Shard::parse("1/2").unwrap();
+    assert_eq!(
+        (0..5).filter(|&k| two.contains(k)).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert!(Shard::parse("0/0").is_err());
 }

@@ -275,7 +275,15 @@ pub struct GgufTensorInfo {
 impl GgufTensorInfo {
     /// The number of elements.
     pub fn elem_count(&self) -> usize {
-        self.shape.iter().product()
+        // A zero dimension anywhere makes the tensor empty, however large the others are
+        // (multiplying them first could overflow).
+        if self.shape.contains(&0) {
+            return 0;
+        }
+        self.shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX)
     }
 }
 
@@ -541,10 +549,17 @@ impl GgufFile {
     ) -> Result<GgufTensorInfo, String> {
         let (dtype, block, type_size) =
             GgufDType::from_id(ty).ok_or_else(|| format!("unknown GGML type id {ty}"))?;
+        // The non-zero dimensions are multiplied too: a zero elsewhere must not hide a shape
+        // whose other dimensions overflow (code downstream multiplies them in any order).
         let mut elems: u64 = 1;
+        let mut nonzero: u64 = 1;
         for &d in ne {
             elems = elems
                 .checked_mul(d)
+                .filter(|&e| e <= i64::MAX as u64)
+                .ok_or_else(|| format!("the shape {ne:?} has too many elements"))?;
+            nonzero = nonzero
+                .checked_mul(d.max(1))
                 .filter(|&e| e <= i64::MAX as u64)
                 .ok_or_else(|| format!("the shape {ne:?} has too many elements"))?;
         }

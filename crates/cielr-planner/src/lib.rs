@@ -8,9 +8,12 @@
 //! - [`generate`] and [`constrained`]: sampling, and decoding restricted to choices or a JSON shape;
 //! - [`local`]: [`local::LocalLlm`], a `cielr_core::LanguageModel` over all of the above;
 //! - [`openai`]: [`openai::OpenAiCompatible`], a `cielr_core::LanguageModel` served over HTTP
-//!   by an OpenAI-compatible server (vLLM, SGLang, llama.cpp server).
+//!   by an OpenAI-compatible server (vLLM, SGLang, llama.cpp server);
+//! - [`openai_vision`]: [`openai_vision::OpenAiVision`], questions about images to a served
+//!   vision-language model over the same API (image parts as data URLs).
 //!
-//! Not yet here: CUDA for the local model.
+//! [`local::LocalLlm`] runs on any Burn backend: the CPU (`flex`) backend by default, CUDA
+//! with the `cuda` feature.
 
 #![warn(missing_docs)]
 
@@ -22,5 +25,6 @@ pub mod gguf;
 pub mod llama;
 pub mod local;
 pub mod openai;
+pub mod openai_vision;
 pub mod tokenizer;
 pub mod weights;

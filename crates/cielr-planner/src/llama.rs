@@ -18,7 +18,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -496,6 +497,36 @@ impl RotaryEmbedding {
         &self.inv_freq
     }
 
+    /// Cosines and sines for cache slots `start..start + len` of rows with `pad[r]` left
+    /// padding positions: row `r`'s slot `i` is position `i - pad[r]` (0 for padding), each
+    /// `[rows, 1, len, head_dim / 2]`.
+    fn cos_sin_padded<B: Backend>(
+        &self,
+        start: usize,
+        len: usize,
+        pad: &[usize],
+        device: &B::Device,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(pad.len() * len * half);
+        let mut sin = Vec::with_capacity(pad.len() * len * half);
+        for &p in pad {
+            for slot in start..start + len {
+                let pos = slot.saturating_sub(p);
+                for &f in &self.inv_freq {
+                    let angle = (pos as f32 * f) as f64;
+                    cos.push(angle.cos() as f32);
+                    sin.push(angle.sin() as f32);
+                }
+            }
+        }
+        let shape = [pad.len(), 1, len, half];
+        (
+            Tensor::from_data(TensorData::new(cos, shape), device),
+            Tensor::from_data(TensorData::new(sin, shape), device),
+        )
+    }
+
     /// Cosines and sines for positions `start..start + len`, each `[len, head_dim / 2]`.
     fn cos_sin<B: Backend>(
         &self,
@@ -533,6 +564,44 @@ fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4
     Tensor::cat(vec![r1, r2], 3)
 }
 
+/// Below this many multiply-adds the `flex` CPU backend runs a matmul on one thread (its
+/// `PARALLEL_THRESHOLD`, 192³).
+const FLEX_SERIAL_MATMUL: usize = 192 * 192 * 192;
+
+/// A linear layer on `x` (`[batch, seq, in]`), with its input rows split into `parts`
+/// blocks whose partial products are computed on rayon's threads and summed, when the
+/// product is small enough that the backend would run it on one thread (the decode step's
+/// single-row products on the `flex` CPU backend). Splitting the input rows keeps each
+/// weight block contiguous (a column split gives strided blocks, which flex multiplies an
+/// order of magnitude slower). `parts <= 1` is the layer's own forward.
+fn linear_split<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>, parts: usize) -> Tensor<B, 3> {
+    let [b, s, k] = x.dims();
+    let w = lin.weight.val();
+    let n = w.dims()[1];
+    if parts <= 1 || b * s * k * n >= FLEX_SERIAL_MATMUL || k < parts * 64 {
+        return lin.forward(x);
+    }
+    let chunk = k.div_ceil(parts);
+    let partials: Vec<Tensor<B, 3>> = (0..parts)
+        .into_par_iter()
+        .filter_map(|i| {
+            let start = i * chunk;
+            (start < k).then(|| {
+                let len = chunk.min(k - start);
+                let wi = w.clone().narrow(0, start, len);
+                x.clone().narrow(2, start, len).matmul(wi.unsqueeze::<3>())
+            })
+        })
+        .collect();
+    let Some(y) = partials.into_iter().reduce(|acc, p| acc + p) else {
+        return lin.forward(x);
+    };
+    match &lin.bias {
+        Some(bias) => y + bias.val().unsqueeze::<3>(),
+        None => y,
+    }
+}
+
 /// Self-attention with grouped-query heads, rotary embedding and an optional per-head
 /// RMSNorm on queries and keys.
 #[derive(Module, Debug)]
@@ -558,21 +627,24 @@ pub struct LlamaAttention<B: Backend> {
 }
 
 impl<B: Backend> LlamaAttention<B> {
-    /// `x` is `[batch, seq, hidden]`; `cos`/`sin` are `[1, 1, seq, head_dim / 2]` for the
-    /// new positions; the new keys and values are appended to `cache`.
+    /// `x` is `[batch, seq, hidden]`; `cos`/`sin` are `[1 or batch, 1, seq, head_dim / 2]`
+    /// for the new positions; `key_mask` (`[batch, 1, 1, keys]`, `true` = masked out) hides
+    /// padding keys; the new keys and values are appended to `cache`.
     fn forward(
         &self,
         x: Tensor<B, 3>,
         cos: &Tensor<B, 4>,
         sin: &Tensor<B, 4>,
+        key_mask: Option<&Tensor<B, 4, Bool>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        split: usize,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let mut q = heads(self.q_proj.forward(x.clone()), nh);
-        let mut k = heads(self.k_proj.forward(x.clone()), nkv);
-        let v = heads(self.v_proj.forward(x), nkv);
+        let mut q = heads(linear_split(&self.q_proj, x.clone(), split), nh);
+        let mut k = heads(linear_split(&self.k_proj, x.clone(), split), nkv);
+        let v = heads(linear_split(&self.v_proj, x, split), nkv);
         if let Some(n) = &self.q_norm {
             q = n.forward(q);
         }
@@ -592,7 +664,8 @@ impl<B: Backend> LlamaAttention<B> {
             // One new query per head sees every cached position: group the query heads that
             // share a key/value head instead of repeating the cache.
             let q = q.reshape([b, nkv, groups, hd]);
-            attention(q, k, v, None, None, AttentionModuleOptions::default())
+            let mask = key_mask.map(|m| m.clone().expand([b, nkv, groups, t]));
+            attention(q, k, v, mask, None, AttentionModuleOptions::default())
                 .reshape([b, nh, 1, hd])
         } else {
             let repeat = |t4: Tensor<B, 4>| {
@@ -608,10 +681,14 @@ impl<B: Backend> LlamaAttention<B> {
                 is_causal: true,
                 ..Default::default()
             };
-            attention(q, repeat(k), repeat(v), None, None, options)
+            let mask = key_mask.map(|m| m.clone().expand([b, nh, s, t]));
+            attention(q, repeat(k), repeat(v), mask, None, options)
         };
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, nh * hd]))
+        linear_split(
+            &self.o_proj,
+            out.swap_dims(1, 2).reshape([b, s, nh * hd]),
+            split,
+        )
     }
 }
 
@@ -627,9 +704,10 @@ pub struct LlamaMlp<B: Backend> {
 }
 
 impl<B: Backend> LlamaMlp<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    fn forward(&self, x: Tensor<B, 3>, split: usize) -> Tensor<B, 3> {
+        let gate = silu(linear_split(&self.gate_proj, x.clone(), split));
+        let up = linear_split(&self.up_proj, x, split);
+        linear_split(&self.down_proj, gate * up, split)
     }
 }
 
@@ -660,12 +738,16 @@ pub struct LlamaModel<B: Backend> {
 }
 
 /// The key/value cache of one sequence batch: per layer, keys and values of every position
-/// seen so far, `[batch, kv_heads, positions, head_dim]`.
+/// seen so far, `[batch, kv_heads, positions, head_dim]`, and how many of the first positions
+/// of each row are left padding (a batch of prompts of different lengths,
+/// [`Llama::prefill_batch`]).
 #[derive(Debug, Clone)]
 pub struct LlamaCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     len: usize,
     batch: usize,
+    /// Left padding per row; empty when no row is padded.
+    pad: Vec<usize>,
 }
 
 impl<B: Backend> LlamaCache<B> {
@@ -675,6 +757,7 @@ impl<B: Backend> LlamaCache<B> {
             layers: vec![None; num_layers],
             len: 0,
             batch: 0,
+            pad: Vec::new(),
         }
     }
 
@@ -693,6 +776,12 @@ impl<B: Backend> LlamaCache<B> {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.len = 0;
         self.batch = 0;
+        self.pad.clear();
+    }
+
+    /// Number of left-padding positions of each row (empty when no row is padded).
+    pub fn padding(&self) -> &[usize] {
+        &self.pad
     }
 }
 
@@ -704,6 +793,9 @@ pub struct Llama<B: Backend> {
     config: LlamaConfig,
     rope: RotaryEmbedding,
     device: B::Device,
+    /// Blocks the small (single-row) projections are split into across rayon's threads
+    /// ([`Llama::with_matmul_split`]).
+    split: usize,
 }
 
 impl<B: Backend> Llama<B> {
@@ -734,7 +826,17 @@ impl<B: Backend> Llama<B> {
             config,
             rope,
             device: device.clone(),
+            split: 1,
         })
+    }
+
+    /// Sets how many blocks single-row projections (decode steps) are split into across
+    /// rayon's threads (1, the default: never split). The `flex` CPU backend runs such small
+    /// matmuls on one thread; splitting them is an experiment that did not pay on the shared
+    /// 2-core machine it was measured on (docs/performance.md), hence off by default.
+    pub fn with_matmul_split(mut self, parts: usize) -> Self {
+        self.split = parts.max(1);
+        self
     }
 
     /// The hyper-parameters.
@@ -765,9 +867,22 @@ impl<B: Backend> Llama<B> {
     /// Runs `tokens` (`[batch, seq]`) through the decoder after what `cache` holds, appends
     /// their keys and values to it and returns the final hidden states `[batch, seq, hidden]`
     /// (after the last RMSNorm).
+    ///
+    /// When the cache was started by [`Llama::prefill_batch`], padded positions stay masked
+    /// and each row's positions count from its first real token.
     pub fn forward_hidden(
         &self,
         tokens: Tensor<B, 2, Int>,
+        cache: &mut LlamaCache<B>,
+    ) -> Result<Tensor<B, 3>> {
+        self.forward_inner(tokens, None, cache)
+    }
+
+    /// [`Llama::forward_hidden`], with `pad` (left padding per row) for a first chunk.
+    fn forward_inner(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        pad: Option<Vec<usize>>,
         cache: &mut LlamaCache<B>,
     ) -> Result<Tensor<B, 3>> {
         let [b, s] = tokens.dims();
@@ -809,19 +924,57 @@ impl<B: Backend> Llama<B> {
                 self.config.max_position_embeddings
             )));
         }
-        let (cos, sin) = self.rope.cos_sin::<B>(start, s, &self.device);
-        let cos: Tensor<B, 4> = cos.unsqueeze();
-        let sin: Tensor<B, 4> = sin.unsqueeze();
+        if let Some(pad) = pad {
+            if !cache.is_empty() {
+                return Err(model_err(
+                    "padding can only be given for the first chunk of a sequence batch",
+                ));
+            }
+            if pad.len() != b || pad.iter().any(|&p| p >= s) {
+                return Err(model_err(format!(
+                    "padding {pad:?} does not fit a batch of {b} rows of {s} tokens"
+                )));
+            }
+            cache.pad = if pad.iter().all(|&p| p == 0) {
+                Vec::new()
+            } else {
+                pad
+            };
+        }
+        let t = start + s;
+        let (cos, sin, mask) = if cache.pad.is_empty() {
+            let (cos, sin) = self.rope.cos_sin::<B>(start, s, &self.device);
+            (cos.unsqueeze::<4>(), sin.unsqueeze::<4>(), None)
+        } else {
+            // Per row: positions count from the first real token; keys that are padding
+            // are masked (`true` = masked out). A padding query sees no key at all and gets
+            // a zero attention output, which no real position ever reads.
+            let (cos, sin) = self
+                .rope
+                .cos_sin_padded::<B>(start, s, &cache.pad, &self.device);
+            let mut mask = Vec::with_capacity(b * t);
+            for &p in &cache.pad {
+                mask.extend((0..t).map(|j| j < p));
+            }
+            let mask =
+                Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [b, 1, 1, t]), &self.device);
+            (cos, sin, Some(mask))
+        };
         let mut x = self.model.embed_tokens.forward(tokens);
         for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
-            let h =
-                layer
-                    .self_attn
-                    .forward(layer.input_layernorm.forward(x.clone()), &cos, &sin, kv);
+            let h = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                &cos,
+                &sin,
+                mask.as_ref(),
+                kv,
+                self.split,
+            );
             x = x + h;
-            let h = layer
-                .mlp
-                .forward(layer.post_attention_layernorm.forward(x.clone()));
+            let h = layer.mlp.forward(
+                layer.post_attention_layernorm.forward(x.clone()),
+                self.split,
+            );
             x = x + h;
         }
         cache.len = start + s;
@@ -894,6 +1047,94 @@ impl<B: Backend> Llama<B> {
             .convert::<f32>()
             .into_vec::<f32>()
             .map_err(|e| model_err(format!("reading logits: {e:?}")))
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// Runs prompts of different lengths as one batch into an empty `cache`: each is left
+    /// padded to the longest (with token 0), padding keys are masked and each row's positions
+    /// count from its first real token, so every row's logits equal those of its prompt run
+    /// alone (as transformers' `generate` does with an attention mask). Returns the logits
+    /// of every slot, `[rows, longest, vocab]`; row `r`'s prompt occupies its last
+    /// `prompts[r].len()` slots (the padding slots hold meaningless values). Continue with
+    /// [`Llama::decode_batch`].
+    pub fn forward_padded(
+        &self,
+        prompts: &[&[u32]],
+        cache: &mut LlamaCache<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let (tokens, pad) = self.padded_tokens(prompts)?;
+        let h = self.forward_inner(tokens, Some(pad), cache)?;
+        let [b, s, d] = h.dims();
+        Ok(self
+            .logits(h.reshape([b * s, d]))
+            .reshape([b, s, self.config.vocab_size]))
+    }
+
+    /// [`Llama::forward_padded`] with the head on the last slot only: the next-token logits
+    /// of each prompt, one vector of `vocab_size` numbers per row.
+    pub fn prefill_batch(
+        &self,
+        prompts: &[&[u32]],
+        cache: &mut LlamaCache<B>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let (tokens, pad) = self.padded_tokens(prompts)?;
+        let h = self.forward_inner(tokens, Some(pad), cache)?;
+        self.last_logits_rows(h)
+    }
+
+    /// One decode step of a batch: token `tokens[r]` appended to row `r` of `cache` (started
+    /// by [`Llama::prefill_batch`] or [`Llama::forward_padded`]); the next-token logits of
+    /// each row.
+    pub fn decode_batch(&self, tokens: &[u32], cache: &mut LlamaCache<B>) -> Result<Vec<Vec<f32>>> {
+        if cache.is_empty() {
+            return Err(model_err("decode_batch needs a cache started by a prefill"));
+        }
+        let ids: Vec<&[u32]> = tokens.iter().map(std::slice::from_ref).collect();
+        let (tokens, _) = self.padded_tokens(&ids)?;
+        let h = self.forward_inner(tokens, None, cache)?;
+        self.last_logits_rows(h)
+    }
+
+    /// Left-pads prompts with token 0 into a `[rows, longest]` tensor; the padding per row.
+    fn padded_tokens(&self, prompts: &[&[u32]]) -> Result<(Tensor<B, 2, Int>, Vec<usize>)> {
+        let width = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        if prompts.is_empty() || prompts.iter().any(|p| p.is_empty()) {
+            return Err(model_err(
+                "every prompt of a batch needs at least one token",
+            ));
+        }
+        let mut ids = Vec::with_capacity(prompts.len() * width);
+        let mut pad = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            if let Some(&t) = p.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(model_err(format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                )));
+            }
+            pad.push(width - p.len());
+            ids.extend(std::iter::repeat_n(0i64, width - p.len()));
+            ids.extend(p.iter().map(|&t| t as i64));
+        }
+        let tokens = Tensor::from_data(TensorData::new(ids, [prompts.len(), width]), &self.device);
+        Ok((tokens, pad))
+    }
+
+    /// The head on the last position of each row of `[rows, seq, hidden]` hidden states.
+    fn last_logits_rows(&self, h: Tensor<B, 3>) -> Result<Vec<Vec<f32>>> {
+        let [b, s, d] = h.dims();
+        let last = h.narrow(1, s - 1, 1).reshape([b, d]);
+        let flat = self
+            .logits(last)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| model_err(format!("reading logits: {e:?}")))?;
+        Ok(flat
+            .chunks_exact(self.config.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 }
 
@@ -1054,6 +1295,40 @@ mod tests {
             assert!(((got - want) / want).abs() < 1e-6, "{i}: {got} vs {want}");
         }
         assert!(rope.clone().with_freq_factors(&[1.0]).is_err());
+    }
+
+    #[test]
+    fn split_projections_match_unsplit() {
+        // Input widths 64..256 with uneven blocks (256 / 3, for the down projection); the
+        // single-row decode steps go through the split path, the 5-token prefill too.
+        let config = LlamaConfig::from_json_str(
+            r#"{"model_type": "qwen2", "vocab_size": 50, "hidden_size": 64,
+                "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "tie_word_embeddings": false}"#,
+        )
+        .unwrap();
+        let device = Default::default();
+        let model = config
+            .init::<cielr_core::backend::CpuBackend>(&device)
+            .unwrap()
+            .with_matmul_split(1);
+        let run = |m: &Llama<cielr_core::backend::CpuBackend>| {
+            let mut cache = m.new_cache();
+            let mut out = m.next_token_logits(&[1, 2, 3, 4, 5], &mut cache).unwrap();
+            for t in [6, 7] {
+                out.extend(m.next_token_logits(&[t], &mut cache).unwrap());
+            }
+            out
+        };
+        let plain = run(&model);
+        let split = run(&model.with_matmul_split(3));
+        let err = plain
+            .iter()
+            .zip(&split)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert_eq!(plain.len(), 150);
+        assert!(err < 1e-5, "split projections differ by {err}");
     }
 
     #[test]

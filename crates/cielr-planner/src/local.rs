@@ -1,5 +1,7 @@
-//! [`LocalLlm`]: a Llama-family model run in-process on Burn's CPU backend, behind
-//! [`cielr_core::LanguageModel`].
+//! [`LocalLlm`]: a Llama-family model run in-process on a Burn backend, behind
+//! [`cielr_core::LanguageModel`]. The CPU (`flex`) backend is the default
+//! ([`LocalLlm::load`]); any other backend, such as CUDA with the `cuda` feature
+//! ([`LocalLlm::load_on`] with `cielr_core::backend::CudaBackend`), works the same way.
 //!
 //! A request's messages are rendered with the checkpoint's chat template ([`ChatTemplate`],
 //! falling back to a built-in format), encoded without extra special tokens (as
@@ -20,6 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use burn::tensor::backend::Backend;
 use cielr_core::backend::CpuBackend;
 use cielr_core::{Constraint, CoreError, GenerationRequest, LanguageModel};
 
@@ -32,18 +35,18 @@ use crate::llama::Llama;
 use crate::tokenizer::Tokenizer;
 
 /// A local Llama-family language model (SmolLM2, Llama 3.x, Qwen2/2.5, Qwen3) with its
-/// tokenizer and chat format.
-pub struct LocalLlm {
+/// tokenizer and chat format, on Burn backend `B` (the CPU backend by default).
+pub struct LocalLlm<B: Backend = CpuBackend> {
     name: String,
-    model: Arc<Llama<CpuBackend>>,
-    session: Mutex<LlamaSession<CpuBackend>>,
+    model: Arc<Llama<B>>,
+    session: Mutex<LlamaSession<B>>,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     seed: u64,
     length_normalized_choices: bool,
 }
 
-impl std::fmt::Debug for LocalLlm {
+impl<B: Backend> std::fmt::Debug for LocalLlm<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalLlm")
             .field("name", &self.name)
@@ -52,22 +55,39 @@ impl std::fmt::Debug for LocalLlm {
     }
 }
 
-impl LocalLlm {
+impl LocalLlm<CpuBackend> {
     /// Loads a GGUF file (`.gguf`) or a HuggingFace checkpoint folder (`config.json`,
     /// safetensors weights, `tokenizer.json`, optionally `tokenizer_config.json` with the
-    /// chat template).
+    /// chat template) onto the CPU backend.
     pub fn load(path: &Path) -> Result<Self, PlannerError> {
+        Self::load_on(path, &Default::default())
+    }
+
+    /// Loads a GGUF file onto the CPU backend: weights, tokenizer and chat template.
+    pub fn from_gguf(path: &Path) -> Result<Self, PlannerError> {
+        Self::from_gguf_on(path, &Default::default())
+    }
+
+    /// Loads a HuggingFace checkpoint folder onto the CPU backend.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self, PlannerError> {
+        Self::from_hf_dir_on(dir, &Default::default())
+    }
+}
+
+impl<B: Backend> LocalLlm<B> {
+    /// As [`LocalLlm::load`], with the parameters on `device` of backend `B`.
+    pub fn load_on(path: &Path, device: &B::Device) -> Result<Self, PlannerError> {
         if path.is_dir() {
-            Self::from_hf_dir(path)
+            Self::from_hf_dir_on(path, device)
         } else {
-            Self::from_gguf(path)
+            Self::from_gguf_on(path, device)
         }
     }
 
-    /// Loads a GGUF file: weights, tokenizer and chat template.
-    pub fn from_gguf(path: &Path) -> Result<Self, PlannerError> {
+    /// As [`LocalLlm::from_gguf`], on `device` of backend `B`.
+    pub fn from_gguf_on(path: &Path, device: &B::Device) -> Result<Self, PlannerError> {
         let file = GgufFile::open(path)?;
-        let model = Llama::from_gguf(&file, &Default::default())?;
+        let model = Llama::from_gguf(&file, device)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let name = file
             .get_str("general.name")
@@ -76,9 +96,9 @@ impl LocalLlm {
         Self::from_parts(name, model, tokenizer)
     }
 
-    /// Loads a HuggingFace checkpoint folder.
-    pub fn from_hf_dir(dir: &Path) -> Result<Self, PlannerError> {
-        let model = Llama::from_hf_dir(dir, &Default::default())?;
+    /// As [`LocalLlm::from_hf_dir`], on `device` of backend `B`.
+    pub fn from_hf_dir_on(dir: &Path, device: &B::Device) -> Result<Self, PlannerError> {
+        let model = Llama::from_hf_dir(dir, device)?;
         let tokenizer = Tokenizer::from_json_file(&dir.join("tokenizer.json"))?;
         Self::from_parts(file_stem(dir), model, tokenizer)
     }
@@ -87,7 +107,7 @@ impl LocalLlm {
     /// An error when the tokenizer has more tokens than the model has embeddings.
     pub fn from_parts(
         name: impl Into<String>,
-        model: Llama<CpuBackend>,
+        model: Llama<B>,
         tokenizer: Tokenizer,
     ) -> Result<Self, PlannerError> {
         if tokenizer.vocab_size() > model.config().vocab_size {
@@ -123,7 +143,7 @@ impl LocalLlm {
     }
 
     /// The model.
-    pub fn model(&self) -> &Llama<CpuBackend> {
+    pub fn model(&self) -> &Llama<B> {
         &self.model
     }
 
@@ -201,7 +221,7 @@ fn file_stem(path: &Path) -> String {
 }
 
 #[async_trait]
-impl LanguageModel for LocalLlm {
+impl<B: Backend> LanguageModel for LocalLlm<B> {
     fn name(&self) -> String {
         self.name.clone()
     }

@@ -289,7 +289,37 @@ impl OpenAiCompatible {
 
     /// Sends a request (with retries) and checks the answer: see the module documentation.
     pub fn chat(&self, request: &GenerationRequest) -> Result<ChatCompletion, PlannerError> {
-        let body = self.request_body(request).to_string();
+        let (raw, finish_reason, attempts) = self.send_with_retries(&self.request_body(request))?;
+        let checked = match &request.constraint {
+            Some(c) => c.parse(&raw),
+            None => Ok(Value::Null),
+        };
+        Ok(ChatCompletion {
+            raw,
+            checked,
+            finish_reason,
+            attempts,
+        })
+    }
+
+    /// Sends a chat-completions body built by the caller (e.g. with image parts, see
+    /// [`crate::openai_vision`]) with this client's retries, backoff, limits and errors; the
+    /// model name is set to the configured one. Returns the answer text, the server's
+    /// `finish_reason` and the number of HTTP attempts.
+    pub fn send_body(&self, body: &Value) -> Result<(String, Option<String>, u32), PlannerError> {
+        let mut body = body.clone();
+        if let Some(obj) = body.as_object_mut() {
+            obj.insert("model".into(), json!(self.config.model));
+        }
+        self.send_with_retries(&body)
+    }
+
+    /// The retry loop shared by [`Self::chat`] and [`Self::send_body`].
+    fn send_with_retries(
+        &self,
+        body: &Value,
+    ) -> Result<(String, Option<String>, u32), PlannerError> {
+        let body = body.to_string();
         let mut rng = SplitMix64::new(
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -300,18 +330,7 @@ impl OpenAiCompatible {
         loop {
             attempt = attempt.saturating_add(1);
             let failure = match self.attempt(&body) {
-                Ok((raw, finish_reason)) => {
-                    let checked = match &request.constraint {
-                        Some(c) => c.parse(&raw),
-                        None => Ok(Value::Null),
-                    };
-                    return Ok(ChatCompletion {
-                        raw,
-                        checked,
-                        finish_reason,
-                        attempts: attempt,
-                    });
-                }
+                Ok((raw, finish_reason)) => return Ok((raw, finish_reason, attempt)),
                 Err(f) => f,
             };
             let tries = if attempt == 1 {

@@ -34,6 +34,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 use cielr_core::weights::TensorStore;
 use serde::de::DeserializeOwned;
@@ -659,10 +661,28 @@ impl<B: Backend> ClipAttention<B> {
         let q = heads(self.q_proj.forward(x.clone()));
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
-        // Long sequences (OWLv2's 3601 tokens at 960 px) attend in blocks of query rows so
-        // that no `[batch, heads, seq, seq]` score tensor is held at once.
-        let rows = (ATTENTION_BLOCK_ELEMENTS / (b * self.num_heads * s).max(1)).max(1);
-        let out = blocked_attention(q, k, v, mask, self.scale, rows);
+        let out = match mask {
+            // Unmasked (vision tower, OWLv2's 3601 tokens at 960 px): the backend's fused
+            // attention (flash-style on `flex`, no `[batch, heads, seq, seq]` tensor held).
+            None => attention(
+                q,
+                k,
+                v,
+                None,
+                None,
+                AttentionModuleOptions {
+                    scale: Some(self.scale),
+                    softcap: None,
+                    is_causal: false,
+                },
+            ),
+            // Masked (text tower, short sequences whose additive mask may add two
+            // `f32::MIN`s): query rows in blocks so that no score tensor is too large.
+            Some(mask) => {
+                let rows = (ATTENTION_BLOCK_ELEMENTS / (b * self.num_heads * s).max(1)).max(1);
+                blocked_attention(q, k, v, Some(mask), self.scale, rows)
+            }
+        };
         self.out_proj
             .forward(out.swap_dims(1, 2).reshape([b, s, d]))
     }

@@ -778,6 +778,13 @@ impl DptProcessorConfig {
         if self.size.0 == 0 || self.size.1 == 0 || self.ensure_multiple_of == 0 {
             return Err(pp_err("size and ensure_multiple_of must be positive"));
         }
+        let max = crate::MAX_PROCESSOR_SIDE;
+        if self.size.0 > max || self.size.1 > max || self.ensure_multiple_of > max {
+            return Err(pp_err(format!(
+                "size {:?} / ensure_multiple_of {} exceed {max}",
+                self.size, self.ensure_multiple_of
+            )));
+        }
         Ok(())
     }
 
@@ -917,9 +924,14 @@ pub struct DepthMap {
 }
 
 impl DepthMap {
-    /// The value at pixel `(x, y)`, `None` outside the map.
+    /// The value at pixel `(x, y)`, `None` outside the map (or past the end of a `data`
+    /// shorter than `width * height`: the fields are public).
     pub fn get(&self, x: usize, y: usize) -> Option<f32> {
-        (x < self.width && y < self.height).then(|| self.data[y * self.width + x])
+        if x < self.width && y < self.height {
+            self.data.get(y * self.width + x).copied()
+        } else {
+            None
+        }
     }
 
     fn check_mask(&self, mask: &Mask) -> Result<()> {

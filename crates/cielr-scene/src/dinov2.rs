@@ -13,8 +13,10 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::weights::Weights;
 use serde::Deserialize;
@@ -322,9 +324,13 @@ impl<B: Backend> Layer<B> {
         let q = split(self.q.forward(h.clone()));
         let k = split(self.k.forward(h.clone()));
         let v = split(self.v.forward(h));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        let attn = softmax(scores, 3)
-            .matmul(v)
+        // The backend's fused attention (flash-style on `flex`): no score tensor held.
+        let options = AttentionModuleOptions {
+            scale: Some((hd as f64).powf(-0.5)),
+            softcap: None,
+            is_causal: false,
+        };
+        let attn = attention(q, k, v, None, None, options)
             .swap_dims(1, 2)
             .reshape([b, s, d]);
         let attn = self.o.forward(attn) * self.scale1.clone().reshape([1, 1, d]);

@@ -22,8 +22,14 @@ pub mod model_cache;
 pub mod owlv2;
 pub mod preprocess;
 pub mod sam;
+pub mod sam2;
 pub mod ssr_builder;
 pub mod tfjs;
 pub mod tfjs_exec;
 
 pub use error::{Result, SceneError};
+
+/// The largest image side an image processor config may ask for (resize target, padded
+/// side): the released checkpoints use at most 1024, and a larger value in a
+/// `preprocessor_config.json` would only allocate gigabytes before failing.
+pub const MAX_PROCESSOR_SIDE: usize = 8192;

@@ -399,6 +399,15 @@ impl Owlv2ImageProcessor {
                 "`size` needs a positive height and width",
             ));
         }
+        if height > crate::MAX_PROCESSOR_SIDE || width > crate::MAX_PROCESSOR_SIDE {
+            return Err(SceneError::config(
+                ctx,
+                format!(
+                    "`size` {height}x{width} exceeds {}",
+                    crate::MAX_PROCESSOR_SIDE
+                ),
+            ));
+        }
         let do_rescale = match obj.get("do_rescale") {
             Some(Value::Bool(b)) => *b,
             _ => bool_key(obj, "rescale", true)?,
@@ -1065,6 +1074,9 @@ mod tests {
         assert_eq!(d, Owlv2ImageProcessor::default());
         assert!(Owlv2ImageProcessor::from_json(&json!({"size": {"height": 0}})).is_err());
         assert!(Owlv2ImageProcessor::from_json(&json!({"image_std": [1, 0, 1]})).is_err());
+        // Regression: a huge `size` used to allocate `size^2 * 3` floats per image.
+        let e = Owlv2ImageProcessor::from_json(&json!({"size": 1_000_000})).unwrap_err();
+        assert!(e.to_string().contains("exceeds"), "{e}");
     }
 
     #[test]

@@ -332,6 +332,21 @@ pub fn merge_by_label(masks: Vec<LabelledMask>, keep_unknown: bool) -> Result<Ve
         depth_sum: f64,
         depth_n: usize,
     }
+    /// An empty region the size of `like`.
+    fn empty(label: String, unknown: bool, like: &Mask) -> Result<Acc> {
+        Ok(Acc {
+            region: MergedRegion {
+                label,
+                unknown,
+                mask: Mask::new(like.width(), like.height()).map_err(mask_error)?,
+                depth: None,
+                score: None,
+                members: 0,
+            },
+            depth_sum: 0.0,
+            depth_n: 0,
+        })
+    }
     let mut order: Vec<Acc> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut unknown: Option<Acc> = None;
@@ -341,35 +356,13 @@ pub fn merge_by_label(masks: Vec<LabelledMask>, keep_unknown: bool) -> Result<Ve
                 Some(&i) => Some(&mut order[i]),
                 None => {
                     index.insert(label.clone(), order.len());
-                    order.push(Acc {
-                        region: MergedRegion {
-                            label: label.clone(),
-                            unknown: false,
-                            mask: Mask::new(m.mask.width(), m.mask.height()).map_err(mask_error)?,
-                            depth: None,
-                            score: None,
-                            members: 0,
-                        },
-                        depth_sum: 0.0,
-                        depth_n: 0,
-                    });
+                    order.push(empty(label.clone(), false, &m.mask)?);
                     order.last_mut()
                 }
             },
             None if keep_unknown => {
                 if unknown.is_none() {
-                    unknown = Some(Acc {
-                        region: MergedRegion {
-                            label: UNKNOWN_LABEL.into(),
-                            unknown: true,
-                            mask: Mask::new(m.mask.width(), m.mask.height()).map_err(mask_error)?,
-                            depth: None,
-                            score: None,
-                            members: 0,
-                        },
-                        depth_sum: 0.0,
-                        depth_n: 0,
-                    });
+                    unknown = Some(empty(UNKNOWN_LABEL.into(), true, &m.mask)?);
                 }
                 unknown.as_mut()
             }
@@ -449,7 +442,7 @@ impl SsrBuilderOptions {
         if self.scan_batch == 0 || self.cached_images == 0 {
             return err("scan_batch and cached_images must be positive");
         }
-        Ok(())
+        self.amg.validate()
     }
 }
 
@@ -514,6 +507,8 @@ where
         let ctx = |what: &str, dir: &Path, e: SceneError| {
             SceneError::InvalidInput(format!("loading {what} from {}: {e}", dir.display()))
         };
+        // Bad settings fail before minutes of checkpoint loading.
+        options.validate()?;
         let (o, s, d) = (owlv2_dir.as_ref(), sam_dir.as_ref(), depth_dir.as_ref());
         let detector = Owlv2Detector::from_pretrained(o, device).map_err(|e| ctx("OWLv2", o, e))?;
         let sam = SamModel::load(s, device).map_err(|e| ctx("SAM", s, e))?;
@@ -668,6 +663,14 @@ impl<M: MaskProposer, D: OpenVocabularyDetector, E: DepthEstimator> PaperSsrBuil
                 &format!("scanning the vocabulary: batch {}/{batches}", b + 1),
             );
             let scores = self.detector.best_scores(&state.embedding, chunk)?;
+            if scores.len() != chunk.len() {
+                return Err(SceneError::InvalidInput(format!(
+                    "{} gave {} best scores for {} labels",
+                    self.detector.name(),
+                    scores.len(),
+                    chunk.len()
+                )));
+            }
             for (i, s) in scores.into_iter().enumerate() {
                 if s > self.options.scan_threshold {
                     found.push((s, b * self.options.scan_batch + i));

@@ -260,6 +260,12 @@ fn bad_configs_are_clear_errors() {
     let err =
         DptProcessorConfig::from_json(&serde_json::json!({"image_std": [1, 0, 1]})).unwrap_err();
     assert!(err.to_string().contains("image_std"), "{err}");
+    // Regression: a huge `size` used to allocate `size^2 * 3` floats per image.
+    let err = DptProcessorConfig::from_json(
+        &serde_json::json!({"size": {"height": 1_000_000, "width": 518}}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("exceed"), "{err}");
     // An image whose narrow side rounds to zero.
     let p = DptImageProcessor::new(DptProcessorConfig::default()).unwrap();
     let err = p
@@ -373,6 +379,18 @@ fn mask_read_outs() {
     assert_eq!(map.median_in_mask(&empty).unwrap(), None);
     let wrong = Mask::new(5, 4).unwrap();
     assert!(map.median_in_mask(&wrong).is_err());
+    // Regression: the fields are public, and a `data` shorter than `width * height` used to
+    // panic on indexing; the missing pixels now read as absent.
+    let short = DepthMap {
+        width: 6,
+        height: 4,
+        data: vec![1.0; 10],
+    };
+    assert_eq!(short.get(5, 3), None);
+    assert_eq!(short.get(3, 1), Some(1.0));
+    assert_eq!(short.at_mask_centroid(&block).unwrap(), None);
+    // Only the block's first row (pixels 7..10) is inside the short data.
+    assert_eq!(short.median_in_mask(&block).unwrap(), Some(1.0));
 }
 
 #[test]

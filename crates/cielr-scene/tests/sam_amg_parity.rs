@@ -223,3 +223,70 @@ fn nms_and_small_regions_behave() {
     let (same, changed) = remove_small_regions(&clean, w, h, 2, false);
     assert!(!changed && same == clean);
 }
+
+/// Regression: an `AmgConfig` (public fields; the CLI caps its own flags) with a large
+/// `crop_n_layers` reached `1 << (i + 1)` (a shift overflow) and a `4^n`-crop loop
+/// unchecked, and a crop overlap ratio >= 1 underflowed `cw - overlap`.
+#[test]
+fn amg_settings_that_size_the_work_are_validated() {
+    let ok = AmgConfig::default();
+    assert!(ok.validate().is_ok());
+    let bad = [
+        AmgConfig {
+            crop_n_layers: 64,
+            ..AmgConfig::default()
+        },
+        AmgConfig {
+            points_per_side: Some(1 << 20),
+            ..AmgConfig::default()
+        },
+        AmgConfig {
+            crop_overlap_ratio: 1.5,
+            ..AmgConfig::default()
+        },
+        AmgConfig {
+            crop_overlap_ratio: f64::NAN,
+            ..AmgConfig::default()
+        },
+        AmgConfig {
+            points_per_batch: 0,
+            ..AmgConfig::default()
+        },
+    ];
+    for c in bad {
+        let e = c.validate().expect_err("invalid settings");
+        assert!(e.to_string().contains("automatic mask generator"), "{e}");
+    }
+    // A ratio the generator now refuses still gives boxes (no underflow) from the helper.
+    let (boxes, _) = generate_crop_boxes((10, 10), 1, 5.0);
+    assert!(boxes.iter().all(|b| b[0] <= b[2] && b[1] <= b[3]));
+}
+
+/// Regression: on a one-pixel-wide image the crops of layer 2 start past the right edge;
+/// `x1 - x0` used to underflow. Such crops are now empty boxes that the generator skips.
+#[test]
+fn amg_on_a_one_pixel_wide_image_with_crop_layers_does_not_panic() {
+    let (boxes, _) = generate_crop_boxes((4, 1), 2, 512.0 / 1500.0);
+    assert_eq!(boxes.len(), 1 + 4 + 16);
+    assert!(boxes
+        .iter()
+        .all(|b| b[0] <= b[2] && b[2] <= 1 && b[1] <= b[3] && b[3] <= 4));
+    let model = SamModel::<B>::load(dir(), &Default::default()).expect("load");
+    let config = AmgConfig {
+        points_per_side: Some(2),
+        crop_n_layers: 2,
+        pred_iou_thresh: 0.0,
+        stability_score_thresh: 0.0,
+        ..AmgConfig::default()
+    };
+    let gen = SamAutomaticMaskGenerator::new(&model, config).expect("valid settings");
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        1,
+        4,
+        image::Rgb([120, 30, 200]),
+    ));
+    let masks = gen.generate(&image).expect("tiny image");
+    assert!(masks
+        .iter()
+        .all(|m| m.mask.width() == 1 && m.mask.height() == 4));
+}

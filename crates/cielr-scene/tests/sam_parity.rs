@@ -191,7 +191,7 @@ fn sam_matches_transformers() {
 
         // Binary masks: count disagreeing pixels; any must sit where the reference logit is
         // within rounding of the threshold.
-        let logits = pred.upscaled_logits(&model.processor);
+        let logits = pred.upscaled_logits(&model.processor).unwrap();
         let dims = logits.dims();
         let lv = logits.into_data().to_vec::<f32>().unwrap();
         let masks = pred.masks(&model.processor).unwrap();
@@ -276,4 +276,40 @@ fn checkpoint_mismatches_are_named() {
         matches!(err, cielr_scene::SceneError::Config { .. }),
         "{err}"
     );
+}
+
+/// Regression: a huge `pad_size` / `longest_edge` in `preprocessor_config.json` used to
+/// allocate `3 * pad_h * pad_w` floats per image before anything failed.
+#[test]
+fn huge_processor_sizes_are_config_errors() {
+    use cielr_scene::sam::SamProcessorConfig;
+    let huge = serde_json::json!({
+        "size": {"longest_edge": 200_000},
+        "pad_size": {"height": 200_000, "width": 200_000}
+    });
+    let err = SamProcessorConfig::from_json(&huge).unwrap_err();
+    assert!(err.to_string().contains("exceed"), "{err}");
+    let ok = serde_json::json!({
+        "size": {"longest_edge": 1024},
+        "pad_size": {"height": 1024, "width": 1024}
+    });
+    assert!(SamProcessorConfig::from_json(&ok).is_ok());
+}
+
+/// Regression: `upscale_logits` (public, sizes from the caller) narrowed the padded logits
+/// to `reshaped_size` unchecked and panicked when it exceeded the pad size.
+#[test]
+fn upscaling_with_sizes_that_do_not_fit_is_an_error() {
+    use cielr_scene::sam::{SamProcessor, SamProcessorConfig};
+    let processor = SamProcessor::new(SamProcessorConfig::default());
+    let device = Default::default();
+    let low = || Tensor::<B, 4>::zeros([1, 1, 8, 8], &device);
+    let (ph, pw) = processor.config().pad_size;
+    let e = processor
+        .upscale_logits(low(), (10, 10), (ph + 1, pw))
+        .unwrap_err();
+    assert!(e.to_string().contains("must fit the pad"), "{e}");
+    assert!(processor.upscale_logits(low(), (0, 10), (8, 8)).is_err());
+    let up = processor.upscale_logits(low(), (12, 10), (8, 8)).unwrap();
+    assert_eq!(up.dims(), [1, 1, 12, 10]);
 }

@@ -453,3 +453,49 @@ fn split<M: MaskProposer, D: OpenVocabularyDetector, E: DepthEstimator>(
 ) -> (M, D, E) {
     b.into_parts()
 }
+
+/// A detector whose vocabulary scan returns one score too many.
+struct ExtraScore;
+impl OpenVocabularyDetector for ExtraScore {
+    type ImageEmbedding = ();
+    fn name(&self) -> String {
+        "extra-score".into()
+    }
+    fn embed_image(&self, _image: &DynamicImage) -> Result<()> {
+        Ok(())
+    }
+    fn detect(&self, _: &(), _: &[String], _: f32) -> Result<Vec<LabelledBox>> {
+        Ok(Vec::new())
+    }
+    fn best_scores(&self, _: &(), queries: &[String]) -> Result<Vec<f32>> {
+        Ok(vec![0.9; queries.len() + 1])
+    }
+}
+
+/// Regression: the scan indexed the vocabulary with the detector's score positions, so a
+/// detector returning more scores than labels panicked out of bounds.
+#[test]
+fn a_detector_with_the_wrong_score_count_is_an_error() {
+    let options = SsrBuilderOptions {
+        vocabulary: strings(&["cup", "table"]),
+        ..SsrBuilderOptions::default()
+    };
+    let builder = PaperSsrBuilder::new(FixedMasks, ExtraScore, Ramp, options).unwrap();
+    let e = builder
+        .build_scene(&RgbImage::new(W, H), &[])
+        .expect_err("score count mismatch");
+    assert!(e.to_string().contains("3 best scores for 2 labels"), "{e}");
+}
+
+/// Regression: the options' generator settings are validated with the options.
+#[test]
+fn options_validate_the_generator_settings() {
+    let bad = SsrBuilderOptions {
+        amg: AmgConfig {
+            crop_n_layers: 40,
+            ..AmgConfig::default()
+        },
+        ..SsrBuilderOptions::default()
+    };
+    assert!(bad.validate().is_err());
+}

@@ -46,6 +46,45 @@ pub struct AmgConfig {
     pub min_mask_region_area: usize,
 }
 
+/// The most crop layers [`AmgConfig::validate`] accepts (layer `i` has `4^i` crops).
+pub const MAX_CROP_N_LAYERS: usize = 6;
+
+/// The largest `points_per_side` [`AmgConfig::validate`] accepts (the grid has its square).
+pub const MAX_POINTS_PER_SIDE: usize = 1024;
+
+impl AmgConfig {
+    /// Checks the settings that size the work: the number of crop layers, the grid size, the
+    /// crop overlap ratio and the batch size.
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(SceneError::config("automatic mask generator", m));
+        if self.crop_n_layers > MAX_CROP_N_LAYERS {
+            return err(format!(
+                "crop_n_layers {} is more than {MAX_CROP_N_LAYERS}",
+                self.crop_n_layers
+            ));
+        }
+        if self
+            .points_per_side
+            .is_some_and(|n| n > MAX_POINTS_PER_SIDE)
+        {
+            return err(format!(
+                "points_per_side {:?} is more than {MAX_POINTS_PER_SIDE}",
+                self.points_per_side
+            ));
+        }
+        if !(0.0..1.0).contains(&self.crop_overlap_ratio) {
+            return err(format!(
+                "crop_overlap_ratio {} is not in [0, 1)",
+                self.crop_overlap_ratio
+            ));
+        }
+        if self.points_per_batch == 0 {
+            return err("points_per_batch must be positive".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for AmgConfig {
     fn default() -> Self {
         Self {
@@ -146,10 +185,12 @@ pub fn generate_crop_boxes(
         let overlap = (overlap_ratio * short * (2.0 / n as f64)) as usize;
         let cw = crop_len(im_w, n, overlap);
         let ch = crop_len(im_h, n, overlap);
-        let x0s: Vec<usize> = (0..n).map(|k| (cw - overlap) * k).collect();
-        let y0s: Vec<usize> = (0..n).map(|k| (ch - overlap) * k).collect();
+        let x0s: Vec<usize> = (0..n).map(|k| cw.saturating_sub(overlap) * k).collect();
+        let y0s: Vec<usize> = (0..n).map(|k| ch.saturating_sub(overlap) * k).collect();
         for &x0 in &x0s {
             for &y0 in &y0s {
+                // On tiny images late crops can start past the edge: clamp them to empty boxes.
+                let (x0, y0) = (x0.min(im_w), y0.min(im_h));
                 boxes.push([x0, y0, (x0 + cw).min(im_w), (y0 + ch).min(im_h)]);
                 layers.push(i + 1);
             }
@@ -336,6 +377,7 @@ impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
     /// A generator with these settings; checks them.
     pub fn new(model: &'a SamModel<B>, config: AmgConfig) -> Result<Self> {
         let err = |m: String| Err(SceneError::config("automatic mask generator", m));
+        config.validate()?;
         let point_grids = match (&config.points_per_side, &config.point_grids) {
             (Some(n), None) => {
                 if config.crop_n_points_downscale_factor == 0 {
@@ -360,9 +402,6 @@ impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
             }
             _ => return err("exactly one of points_per_side and point_grids must be given".into()),
         };
-        if config.points_per_batch == 0 {
-            return err("points_per_batch must be positive".into());
-        }
         Ok(Self {
             model,
             config,
@@ -381,6 +420,10 @@ impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
             generate_crop_boxes((h, w), c.crop_n_layers, c.crop_overlap_ratio);
         let mut data: Vec<Record> = Vec::new();
         for (crop, &layer) in crop_boxes.iter().zip(&layers) {
+            // An empty crop (late layers of a tiny image) holds no pixels and so no masks.
+            if crop[2] <= crop[0] || crop[3] <= crop[1] {
+                continue;
+            }
             data.extend(self.process_crop(image, *crop, layer, (h, w))?);
         }
         if crop_boxes.len() > 1 {
@@ -489,7 +532,7 @@ impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
                 pred.low_res_logits.clone().narrow(0, i, 1),
                 pred.original_size,
                 pred.reshaped_size,
-            );
+            )?;
             let [_, _, h, w] = logits.dims();
             if (h, w) != (ch, cw) {
                 return Err(SceneError::InvalidInput(format!(

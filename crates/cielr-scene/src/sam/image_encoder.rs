@@ -4,8 +4,10 @@
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, Linear, PaddingConfig2d};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 use cielr_core::weights::Weights;
 
@@ -112,10 +114,10 @@ impl<B: Backend> SamVisionAttention<B> {
         let q = qkv.clone().narrow(0, 0, 1).reshape([b * nh, h * w, hd]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([b * nh, h * w, hd]);
         let v = qkv.narrow(0, 2, 1).reshape([b * nh, h * w, hd]);
-        let mut attn = (q.clone() * self.scale).matmul(k.swap_dims(1, 2));
+        let mut bias = None;
         if let (Some(rh), Some(rw)) = (&self.rel_h, &self.rel_w) {
             let bh = b * nh;
-            let q4 = q.reshape([bh, h, w, hd]);
+            let q4 = q.clone().reshape([bh, h, w, hd]);
             // rel_h[b, y, x, ky] = sum_c q[b, y, x, c] * rh[y, ky, c]
             let qh = q4.clone().permute([1, 0, 2, 3]).reshape([h, bh * w, hd]);
             let rel_h = qh
@@ -128,12 +130,18 @@ impl<B: Backend> SamVisionAttention<B> {
                 .matmul(rw.clone().swap_dims(1, 2))
                 .reshape([w, bh, h, w])
                 .permute([1, 2, 0, 3]);
-            let bias = rel_h.reshape([bh, h, w, h, 1]) + rel_w.reshape([bh, h, w, 1, w]);
-            attn = attn + bias.reshape([bh, h * w, h * w]);
+            let sum = rel_h.reshape([bh, h, w, h, 1]) + rel_w.reshape([bh, h, w, 1, w]);
+            bias = Some(sum.reshape([b, nh, h * w, h * w]));
         }
-        let probs = softmax(attn, 2);
-        let out = probs
-            .matmul(v)
+        // The backend's fused attention (flash-style on `flex` for the 4096-token global
+        // layers): the scores are never materialised; only the decomposed rel-pos bias is.
+        let split = |t: Tensor<B, 3>| t.reshape([b, nh, h * w, hd]);
+        let options = AttentionModuleOptions {
+            scale: Some(self.scale),
+            softcap: None,
+            is_causal: false,
+        };
+        let out = attention(split(q), split(k), split(v), None, bias, options)
             .reshape([b, nh, h, w, hd])
             .permute([0, 2, 3, 1, 4])
             .reshape([b, h, w, c]);

@@ -316,8 +316,8 @@ impl<B: Backend> SamModel<B> {
 
 impl<B: Backend> SamPrediction<B> {
     /// Mask logits `[n, m, H, W]` in original pixels (before the threshold of
-    /// `post_process_masks`).
-    pub fn upscaled_logits(&self, processor: &SamProcessor) -> Tensor<B, 4> {
+    /// `post_process_masks`); an error when the sizes do not fit the processor's pad size.
+    pub fn upscaled_logits(&self, processor: &SamProcessor) -> Result<Tensor<B, 4>> {
         processor.upscale_logits(
             self.low_res_logits.clone(),
             self.original_size,
@@ -328,7 +328,7 @@ impl<B: Backend> SamPrediction<B> {
     /// Binary masks in original pixels (`post_process_masks`: logits > 0), one
     /// [`cielr_core::mask::Mask`] per prompt and output, `[n][m]`.
     pub fn masks(&self, processor: &SamProcessor) -> Result<Vec<Vec<cielr_core::mask::Mask>>> {
-        let logits = self.upscaled_logits(processor);
+        let logits = self.upscaled_logits(processor)?;
         let [n, m, h, w] = logits.dims();
         let data = logits
             .into_data()

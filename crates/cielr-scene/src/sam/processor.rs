@@ -147,6 +147,13 @@ impl SamProcessorConfig {
         if c.image_std.contains(&0.0) {
             return Err(cfg_err("`image_std` holds a zero"));
         }
+        let max = crate::MAX_PROCESSOR_SIDE;
+        if c.longest_edge > max || c.pad_size.0 > max || c.pad_size.1 > max {
+            return Err(cfg_err(format!(
+                "size.longest_edge {} / pad_size {:?} exceed {max}",
+                c.longest_edge, c.pad_size
+            )));
+        }
         Ok(c)
     }
 }
@@ -251,22 +258,31 @@ impl SamProcessor {
     /// Upscales low-resolution logits `[n, m, h, w]` to the original image size, as
     /// `post_process_masks` does before thresholding: bilinear to the padded size, crop to
     /// the resized size, bilinear to `original_size` (both with `align_corners=False`).
+    /// Sizes that do not fit (a resized size larger than the padded one, or an empty size)
+    /// are an error.
     pub fn upscale_logits<B: Backend>(
         &self,
         low_res: Tensor<B, 4>,
         original_size: (usize, usize),
         reshaped_size: (usize, usize),
-    ) -> Tensor<B, 4> {
+    ) -> Result<Tensor<B, 4>> {
         let (ph, pw) = self.config.pad_size;
+        let (rh, rw) = reshaped_size;
+        let (oh, ow) = original_size;
+        if rh == 0 || rw == 0 || rh > ph || rw > pw || oh == 0 || ow == 0 {
+            return Err(SceneError::InvalidInput(format!(
+                "cannot upscale SAM logits: resized size {reshaped_size:?} must fit the pad \
+                 size {:?}, original size {original_size:?} must be non-empty",
+                self.config.pad_size
+            )));
+        }
         let opts = || InterpolateOptions {
             mode: InterpolateMode::Bilinear,
             align_corners: false,
         };
         let x = interpolate(low_res, [ph, pw], opts());
-        let x = x
-            .narrow(2, 0, reshaped_size.0)
-            .narrow(3, 0, reshaped_size.1);
-        interpolate(x, [original_size.0, original_size.1], opts())
+        let x = x.narrow(2, 0, rh).narrow(3, 0, rw);
+        Ok(interpolate(x, [oh, ow], opts()))
     }
 
     /// The pixel values of one image as a `[1, 3, H, W]` tensor.

@@ -1,0 +1,183 @@
+//! `cielr scene`: build the SSR of an image and show it as the LLM sees it; and the
+//! `--owlv2/--sam/--depth` options that select the paper's SSR builder (also used by
+//! `cielr edit` and `cielr plan`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use cielr::core::imageops::render_overlay;
+use cielr::core::io::{load_rgb, save_rgb};
+use cielr::core::SceneBuilder;
+use cielr::scene::sam::amg::AmgConfig;
+use cielr::scene::ssr_builder::{
+    lvis_vocabulary, paper_amg_config, parse_vocabulary, BurnSsrBuilder, SsrBuilderOptions,
+};
+use clap::Args;
+
+/// The model folders of the paper's SSR builder (OWLv2 + SAM + Depth Anything V2) and its
+/// main settings. Without the folders the default COCO detector builds the SSR.
+#[derive(Args, Debug, Clone)]
+pub struct SceneModelArgs {
+    /// OWLv2 checkpoint folder (e.g. google/owlv2-large-patch14-ensemble); needs --sam and
+    /// --depth too.
+    #[arg(long, value_name = "DIR")]
+    owlv2: Option<PathBuf>,
+    /// SAM checkpoint folder (facebook/sam-vit-base|large|huge, transformers format).
+    #[arg(long, value_name = "DIR")]
+    sam: Option<PathBuf>,
+    /// Depth Anything V2 checkpoint folder (depth-anything/Depth-Anything-V2-*-hf).
+    #[arg(long, value_name = "DIR")]
+    depth: Option<PathBuf>,
+    /// The labels scanned when no queries are given: `lvis` (shipped) or a text file with one
+    /// label per line.
+    #[arg(long, value_name = "lvis|FILE", default_value = "lvis")]
+    vocab: String,
+    /// OWLv2 box score threshold.
+    #[arg(long, default_value_t = 0.1)]
+    box_threshold: f32,
+    /// A scanned label is kept when its best box scores above this.
+    #[arg(long, default_value_t = 0.3)]
+    scan_threshold: f32,
+    /// SAM mask generator: points per side (the paper's 16).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
+    points_per_side: u32,
+    /// SAM mask generator: predicted-IoU threshold (the paper's 0.7; 0 disables).
+    #[arg(long, default_value_t = 0.7)]
+    pred_iou_thresh: f32,
+    /// SAM mask generator: stability-score threshold (the paper's 0.92; 0 disables).
+    #[arg(long, default_value_t = 0.92)]
+    stability_score_thresh: f32,
+    /// SAM mask generator: crop layers (the paper's 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=3))]
+    crop_n_layers: u32,
+}
+
+impl SceneModelArgs {
+    /// The paper's builder when the three folders are given, `None` when none is; an error
+    /// when only some are.
+    pub fn builder(&self) -> anyhow::Result<Option<Arc<dyn SceneBuilder>>> {
+        let (o, s, d) = match (&self.owlv2, &self.sam, &self.depth) {
+            (None, None, None) => return Ok(None),
+            (Some(o), Some(s), Some(d)) => (o, s, d),
+            _ => bail!(
+                "the paper's SSR builder needs all three model folders: --owlv2 DIR --sam DIR \
+                 --depth DIR (see docs/scene.md)"
+            ),
+        };
+        let vocabulary = if self.vocab == "lvis" {
+            lvis_vocabulary()
+        } else {
+            let text = std::fs::read_to_string(&self.vocab)
+                .with_context(|| format!("reading the vocabulary file {}", self.vocab))?;
+            let v = parse_vocabulary(&text);
+            if v.is_empty() {
+                bail!("the vocabulary file {} has no labels", self.vocab);
+            }
+            v
+        };
+        let options = SsrBuilderOptions {
+            box_threshold: self.box_threshold,
+            scan_threshold: self.scan_threshold,
+            vocabulary,
+            amg: AmgConfig {
+                points_per_side: Some(self.points_per_side as usize),
+                pred_iou_thresh: self.pred_iou_thresh,
+                stability_score_thresh: self.stability_score_thresh,
+                crop_n_layers: self.crop_n_layers as usize,
+                ..paper_amg_config()
+            },
+            ..Default::default()
+        };
+        eprintln!(
+            "[scene] loading OWLv2 from {}, SAM from {}, Depth Anything from {}",
+            o.display(),
+            s.display(),
+            d.display()
+        );
+        let device = Default::default();
+        let builder = BurnSsrBuilder::<cielr::core::backend::CpuBackend>::from_dirs(
+            o, s, d, options, &device,
+        );
+        let builder = builder
+            .context("loading the paper's SSR builder")?
+            .with_progress(Arc::new(|stage: &str, message: &str| {
+                eprintln!("[{stage}] {message}")
+            }));
+        Ok(Some(Arc::new(builder)))
+    }
+}
+
+/// Arguments of `cielr scene`.
+#[derive(Args, Debug)]
+pub struct SceneArgs {
+    /// The image (PNG or JPEG).
+    image: PathBuf,
+    #[command(flatten)]
+    models: SceneModelArgs,
+    /// Labels to look for, comma-separated ("cup,table"); without them the builder uses its
+    /// vocabulary (LVIS scan for the paper's builder, all COCO classes for the default one).
+    #[arg(long, value_name = "LABELS")]
+    queries: Option<String>,
+    /// Where to write the SSR JSON (default: <image stem>.ssr.json in the current folder).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Also draw the SSR over the image into this PNG.
+    #[arg(long, value_name = "FILE")]
+    overlay: Option<PathBuf>,
+}
+
+fn create_parent(path: &Path) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs `cielr scene`.
+pub fn run(a: SceneArgs) -> anyhow::Result<()> {
+    let image =
+        load_rgb(&a.image).with_context(|| format!("reading the image {}", a.image.display()))?;
+    let builder = match a.models.builder()? {
+        Some(b) => b,
+        None => super::edit::default_scene_builder()?,
+    };
+    let queries: Vec<String> = a
+        .queries
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .map(String::from)
+        .collect();
+    let scene = pollster::block_on(builder.build(&image, &queries))
+        .with_context(|| format!("building the SSR with {}", builder.name()))?;
+    let out = a.out.clone().unwrap_or_else(|| {
+        let stem = a
+            .image
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("scene");
+        PathBuf::from(format!("{stem}.ssr.json"))
+    });
+    create_parent(&out)?;
+    scene.save(&out)?;
+    if let Some(path) = &a.overlay {
+        create_parent(path)?;
+        save_rgb(&render_overlay(&image, &scene, &[])?, path)?;
+    }
+    print!("{}", scene.describe());
+    eprintln!(
+        "[scene] {} objects by {}; wrote {}{}",
+        scene.objects.len(),
+        builder.name(),
+        out.display(),
+        a.overlay
+            .as_ref()
+            .map(|p| format!(" and {}", p.display()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Reference side of the GPU check harness (issue 8; driven by tools/gpu/check.sh).
+
+    ref.py MODEL SIZE DEVICE OUT_DIR [REPEATS]
+
+MODEL: clip | owlv2 | sam | depth | unet | vae | lama | llm.  SIZE: reduced | full.
+DEVICE: cpu | cuda.  Builds the model with the reference library (transformers, diffusers,
+LaMa's own module code) from a fixed seed with random weights, writes its checkpoint in the
+format cielr loads (config.json + safetensors) and `inputs.safetensors`, runs it on DEVICE in
+f32 (reference outputs -> `reference.safetensors`), times it (warm-up, device-synchronised,
+median of REPEATS) in f32 and in half precision (fp16 on CUDA, bf16 on CPU) and writes
+`torch.json`: one row per (name, precision) with torch_ms and, for half, the half output's
+max abs / rel error against the f32 output.  Nothing big is committed or carried: everything is
+generated at run time.
+"""
+
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools" / "parity"))
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_ms(fn, dev, repeats, warmup=2):
+    """Median wall time in ms of `fn()` after `warmup` calls, synchronised on `dev`."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        sync(dev)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            sync(dev)
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts)
+
+
+def errors(a, b):
+    a = a.detach().float().cpu()
+    b = b.detach().float().cpu()
+    d = (a - b).abs()
+    return float(d.max()), float((d / b.abs().clamp_min(1e-3)).max())
+
+
+def half_dtype(dev):
+    return torch.float16 if dev.type == "cuda" else torch.bfloat16
+
+
+def seed_all(seed):
+    torch.manual_seed(seed)
+
+
+def perturb(model, seed, scale=0.02):
+    """Random (non-default) norm affines and biases, so they are tested too; weights that the
+    library's init leaves (near) constant (transformers 5 leaves some of SamModel's at ~0) get
+    N(0, 1/fan_in) values, so no output degenerates to a constant."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and p.numel() > 1 and float(p.float().std()) < 1e-6:
+                fan_in = p[0].numel() if "pos" not in name else 1
+                p.copy_(torch.randn(p.shape, generator=g) * (fan_in ** -0.5 if "pos" not in name else scale))
+            elif name.endswith("bias"):
+                p.copy_(scale * torch.randn(p.shape, generator=g))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+
+
+# ---------------------------------------------------------------- models
+# Each builder returns (cases, inputs) where cases is a list of
+# (row_name, model, fn(model, inputs) -> {output_name: tensor}); inputs a dict of f32 tensors.
+
+def build_clip(size, out):
+    from transformers import CLIPConfig, CLIPModel
+    if size == "full":  # openai/clip-vit-base-patch32 dimensions (CLIPConfig defaults)
+        cfg = CLIPConfig()
+        batch = 8
+    else:
+        cfg = CLIPConfig(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, vocab_size=100, max_position_embeddings=16),
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, image_size=64, patch_size=16),
+            projection_dim=32)
+        batch = 2
+    seed_all(1)
+    m = CLIPModel(cfg).eval()
+    perturb(m, 2)
+    m.save_pretrained(out)
+    s = cfg.vision_config.image_size
+    x = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(3))
+    def fn(m, i):
+        f = m.get_image_features(pixel_values=i["pixel_values"])
+        return {"image_embeds": getattr(f, "pooler_output", f)}
+    return [("clip-vision", m, fn)], \
+        {"pixel_values": x}
+
+
+def build_owlv2(size, out):
+    from transformers import Owlv2Config, Owlv2ForObjectDetection
+    if size == "full":  # google/owlv2-base-patch16-ensemble dimensions, 960x960
+        cfg = Owlv2Config(vision_config=dict(image_size=960, patch_size=16))
+    else:
+        cfg = Owlv2Config(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, vocab_size=100, max_position_embeddings=16),
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, image_size=64, patch_size=16),
+            projection_dim=32)
+    seed_all(1)
+    m = Owlv2ForObjectDetection(cfg).eval()
+    perturb(m, 2)
+    m.save_pretrained(out)
+    s = cfg.vision_config.image_size
+    x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(3))
+
+    def fn(m, i):
+        feats = m.image_embedder(pixel_values=i["pixel_values"])[0]
+        return {"image_feats": feats.reshape(-1, feats.shape[-1])}
+    return [("owlv2-vision", m, fn)], {"pixel_values": x}
+
+
+def build_sam(size, out):
+    from transformers import SamConfig, SamModel
+    if size == "full":  # facebook/sam-vit-base image encoder, 1024x1024
+        vc = dict()
+    else:
+        vc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
+                  image_size=128, patch_size=16, window_size=4, global_attn_indexes=[1], num_pos_feats=16,
+                  output_channels=32)
+    cfg = SamConfig(vision_config=vc,
+                    prompt_encoder_config=dict(hidden_size=vc.get("output_channels", 256),
+                                               image_size=vc.get("image_size", 1024),
+                                               patch_size=vc.get("patch_size", 16)),
+                    mask_decoder_config=dict(hidden_size=vc.get("output_channels", 256)))
+    seed_all(1)
+    m = SamModel(cfg).eval()
+    perturb(m, 2)
+    m.save_pretrained(out)
+    s = cfg.vision_config.image_size
+    # SamImageProcessor's keys, sized to this image_size (the loader checks they agree)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "SamImageProcessor", "size": {"longest_edge": s},
+        "pad_size": {"height": s, "width": s}, "do_pad": True, "do_normalize": True,
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_resize": True,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}, indent=1))
+    x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(3))
+    return [("sam-encoder", m, lambda m, i: {"image_embeddings": m.get_image_embeddings(i["pixel_values"])})], \
+        {"pixel_values": x}
+
+
+def build_depth(size, out):
+    import depth_anything as da
+    if size == "full":  # Depth-Anything-V2-Small, 518x518
+        hidden, heads, neck, fusion = da.VARIANTS["small"]
+        m = da.build(hidden, heads, 12, [3, 6, 9, 12], 518, neck, fusion, 32, seed=1)
+        s = 518
+    else:
+        m = da.build(64, 2, 4, [1, 2, 3, 4], 112, [16, 32, 64, 64], 32, 16, seed=1)
+        s = 112
+    m.eval()
+    m.save_pretrained(out)
+    x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(3))
+    return [("depth-anything", m, lambda m, i: {"predicted_depth": m(pixel_values=i["pixel_values"]).predicted_depth})], \
+        {"pixel_values": x}
+
+
+def build_unet(size, out):
+    from diffusers import UNet2DConditionModel
+    import diffusers_unet as du
+    if size == "full":  # SD-1.5-inpainting UNet, 512x512 (64x64 latents), batch 2 (CFG), 77 tokens
+        cfg, latent, tokens = du.SD15_INPAINTING_UNET, 64, 77
+    else:
+        cfg = dict(du.CONFIGS["unet-tiny-sd15"], block_out_channels=[16, 32], norm_num_groups=8,
+                   cross_attention_dim=16)
+        latent, tokens = 16, 8
+    seed_all(3)
+    m = UNet2DConditionModel(**cfg).eval()
+    perturb(m, 4)
+    m.save_pretrained(out, safe_serialization=True, max_shard_size="100GB")
+    g = torch.Generator().manual_seed(4)
+    inputs = {"sample": torch.randn(2, cfg["in_channels"], latent, latent, generator=g),
+              "encoder_hidden_states": torch.randn(2, tokens, cfg["cross_attention_dim"], generator=g)}
+    return [("unet-step", m, lambda m, i: {"out": m(i["sample"], 501, i["encoder_hidden_states"]).sample})], inputs
+
+
+def build_vae(size, out):
+    import diffusers_sched_vae as dv
+    if size == "full":  # SD VAE decoder, 64x64 latents -> 512x512
+        cfg, latent = dv.SD_VAE, 64
+    else:
+        cfg = dict(dv.SD_VAE, block_out_channels=[16, 32], norm_num_groups=8, layers_per_block=1,
+                   down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+        latent = 16
+    m = dv.random_vae(cfg, 11, f16_values=False)
+    m.save_pretrained(out, safe_serialization=True)
+    z = torch.randn(1, cfg.get("latent_channels", 4), latent, latent,
+                    generator=torch.Generator().manual_seed(5))
+    return [("vae-decode", m, lambda m, i: {"decoded": m.decode(i["latents"]).sample})], {"latents": z}
+
+
+def build_lama(size, out):
+    import tempfile
+    import lama
+    Gen = lama.import_lama(tempfile.mkdtemp(prefix="lama-official-"))
+    if size == "full":  # big-lama's generator, 512x512
+        ngf, n_down, n_blocks, s = 64, 3, 18, 512
+    else:
+        ngf, n_down, n_blocks, s = 8, 2, 2, 64
+    g = torch.Generator().manual_seed(6)
+    def sample(n):
+        img = torch.rand(1, 3, n, n, generator=g)
+        mask = (torch.rand(1, 1, n // 8, n // 8, generator=g) > 0.7).float()
+        mask = torch.nn.functional.interpolate(mask, size=(n, n), mode="nearest")
+        return torch.cat([img * (1 - mask), mask], dim=1)
+    calibration = sample(min(s, 256))
+    gen = lama.build(Gen, ngf, n_down, n_blocks, seed=1, calibration=calibration)
+    lama.save_and_convert(gen, str(out), ngf, n_down, n_blocks)
+    x = sample(s)
+    return [("lama", gen, lambda m, i: {"logits": m.model[:-1](i["input"])})], {"input": x}
+
+
+def build_llm(size, out):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    if size == "full":  # Qwen2.5-0.5B dimensions
+        cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                          num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                          max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                          tie_word_embeddings=True)
+        prompt, decode = 128, 16
+    else:
+        cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=256, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                          tie_word_embeddings=True)
+        prompt, decode = 16, 4
+    seed_all(1)
+    m = Qwen2ForCausalLM(cfg).eval()
+    perturb(m, 2)
+    m.save_pretrained(out)
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, cfg.vocab_size, (1, prompt + decode), generator=g)
+    # token ids travel as f32 (exact below 2^24)
+    inputs = {"input_ids": ids.float()}
+
+    def prefill(m, i):
+        ids = i["input_ids"].long()[:, :prompt]
+        return {"prefill_logits": m(input_ids=ids).logits[0, -1:]}
+
+    def decode_all(m, i):
+        from transformers import DynamicCache
+        ids = i["input_ids"].long()
+        cache = DynamicCache(config=m.config)
+        m(input_ids=ids[:, :prompt], past_key_values=cache, use_cache=True)
+        outs = []
+        for k in range(decode):
+            o = m(input_ids=ids[:, prompt + k:prompt + k + 1], past_key_values=cache, use_cache=True)
+            outs.append(o.logits[0, -1:])
+        return {"decode_logits": torch.cat(outs, 0)}
+    return [("llm-prefill", m, prefill), ("llm-decode", m, decode_all)], inputs, \
+        {"prompt": prompt, "decode": decode}
+
+
+BUILDERS = dict(clip=build_clip, owlv2=build_owlv2, sam=build_sam, depth=build_depth,
+                unet=build_unet, vae=build_vae, lama=build_lama, llm=build_llm)
+
+
+def main():
+    if len(sys.argv) < 5 or sys.argv[1] not in BUILDERS:
+        sys.exit(__doc__)
+    name, size, device, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+    repeats = int(sys.argv[5]) if len(sys.argv) > 5 else 5
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    t0 = time.perf_counter()
+    built = BUILDERS[name](size, out)
+    cases, inputs = built[0], built[1]
+    meta = built[2] if len(built) > 2 else {}
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(out / "inputs.safetensors"))
+    dev_inputs = {k: v.to(dev) for k, v in inputs.items()}
+    refs, rows = {}, []
+    for row, model, fn in cases:
+        model = model.to(dev).float()
+        with torch.inference_mode():
+            ref = fn(model, dev_inputs)
+        refs.update({k: v.float().cpu().contiguous() for k, v in ref.items()})
+        ms = timed_ms(lambda: fn(model, dev_inputs), dev, repeats)
+        rows.append({"name": row, "precision": "f32", "torch_ms": ms})
+        hd = half_dtype(dev)
+        try:
+            hmodel = copy.deepcopy(model).to(hd)  # a copy: `.to` in place would round the f32 weights
+            h_in = {k: (v.to(hd) if k != "input_ids" else v) for k, v in dev_inputs.items()}
+            with torch.inference_mode():
+                hout = fn(hmodel, h_in)
+            ha, hr = max((errors(hout[k], ref[k]) for k in ref), key=lambda e: e[0])
+            hms = timed_ms(lambda: fn(hmodel, h_in), dev, repeats)
+            rows.append({"name": row, "precision": str(hd).replace("torch.", ""), "torch_ms": hms,
+                         "torch_half_vs_f32_abs": ha, "torch_half_vs_f32_rel": hr})
+            del hmodel
+        except Exception as e:  # a reference op without half support: reported, not hidden
+            rows.append({"name": row, "precision": str(hd).replace("torch.", ""),
+                         "error": f"torch half failed: {type(e).__name__}: {e}"[:200]})
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    # Decode time per token: (prefill + decode loop - prefill) / tokens, as gpu_check measures.
+    prefill_ms = {r["precision"]: r.get("torch_ms") for r in rows if r["name"] == "llm-prefill"}
+    for r in rows:
+        if r["name"] == "llm-decode" and r.get("torch_ms") is not None:
+            r["torch_ms"] = (r["torch_ms"] - prefill_ms[r["precision"]]) / meta["decode"]
+    save_file(refs, str(out / "reference.safetensors"))
+    meta.update({"model": name, "size": size, "device": device, "repeats": repeats,
+                 "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None, "rows": rows})
+    (out / "torch.json").write_text(json.dumps(meta, indent=1) + "\n")
+    for r in rows:
+        print(f"[torch] {r}")
+    print(f"[torch] {name} {size} on {device}: {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
