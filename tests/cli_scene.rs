@@ -30,10 +30,15 @@ fn scratch(name: &str) -> PathBuf {
 
 /// The tiny models, with settings that keep every mask and box of the random weights.
 fn tiny_models(c: &mut Command) -> &mut Command {
+    tiny_models_with(c, "sam-tiny")
+}
+
+/// [`tiny_models`] with the mask model of fixture `sam` (SAM or SAM 2.1).
+fn tiny_models_with<'a>(c: &'a mut Command, sam: &str) -> &'a mut Command {
     c.arg("--owlv2")
         .arg(fixture("owlv2-tiny"))
         .arg("--sam")
-        .arg(fixture("sam-tiny"))
+        .arg(fixture(sam))
         .arg("--depth")
         .arg(fixture("depth-anything-tiny"))
         .args([
@@ -104,6 +109,46 @@ fn scene_with_the_papers_builder_writes_ssr_and_overlay() {
     let mut scanned = Scene::load(&json).unwrap().queries;
     scanned.sort();
     assert_eq!(scanned, ["lamp", "sofa"]);
+}
+
+/// `--sam` with a SAM 2.1 folder: the builder reads its config.json and runs the SAM 2.1
+/// generator; a folder of another model is refused by name.
+#[test]
+fn scene_with_sam2_as_the_mask_model() {
+    let dir = scratch("sam2");
+    let image = fixture("sam2-tiny/image.png");
+    let json = dir.join("s.json");
+    let mut c = cielr();
+    c.arg("scene").arg(&image);
+    tiny_models_with(&mut c, "sam2-tiny")
+        .args(["--queries", "cup, table"])
+        .arg("--out")
+        .arg(&json);
+    let out = c.output().unwrap();
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("proposing masks (sam2-amg)"), "{stderr}");
+    assert!(stdout.starts_with("Image: 96 x 64 pixels"), "{stdout}");
+    let scene = Scene::load(&json).unwrap();
+    assert_eq!((scene.width, scene.height), (96, 64));
+    assert_eq!(scene.queries, ["cup", "table"]);
+    assert!(!scene.objects.is_empty());
+    for (i, o) in scene.objects.iter().enumerate() {
+        assert_eq!(o.id, i as u32);
+        assert!(["cup", "table", "Unknown"].contains(&o.label.as_str()));
+        assert!(o.mask.as_ref().is_some_and(|m| m.area() > 0) && o.depth.is_some());
+        assert!(stdout.contains(&format!("id {i}: {}", o.label)), "{stdout}");
+    }
+
+    let mut c = cielr();
+    c.arg("scene").arg(&image);
+    tiny_models_with(&mut c, "clip-tiny-gelu")
+        .arg("--out")
+        .arg(&json);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a SAM checkpoint"), "{stderr}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! `cielr scene`: build the SSR of an image and show it as the LLM sees it; and the
-//! `--owlv2/--sam/--depth` options that select the paper's SSR builder (also used by
-//! `cielr edit` and `cielr plan`).
+//! `--owlv2/--sam/--depth` options that select the paper's SSR builder, with SAM 2.1 or SAM
+//! (also used by `cielr edit`, `cielr plan` and `cielr eval`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,15 +15,17 @@ use cielr::scene::ssr_builder::{
 };
 use clap::Args;
 
-/// The model folders of the paper's SSR builder (OWLv2 + SAM + Depth Anything V2) and its
-/// main settings. Without the folders the default COCO detector builds the SSR.
+/// The model folders of the paper's SSR builder (OWLv2 + SAM 2.1 or SAM + Depth Anything
+/// V2) and its main settings. Without the folders the default COCO detector builds the SSR.
 #[derive(Args, Debug, Clone)]
 pub struct SceneModelArgs {
     /// OWLv2 checkpoint folder (e.g. google/owlv2-large-patch14-ensemble); needs --sam and
     /// --depth too.
     #[arg(long, value_name = "DIR")]
     owlv2: Option<PathBuf>,
-    /// SAM checkpoint folder (facebook/sam-vit-base|large|huge, transformers format).
+    /// SAM 2.1 (the paper's: facebook/sam2.1-hiera-tiny|small|base-plus|large) or SAM
+    /// (facebook/sam-vit-base|large|huge) checkpoint folder, transformers format; which one
+    /// is read from its config.json (model_type "sam2"/"sam2_video" or "sam").
     #[arg(long, value_name = "DIR")]
     sam: Option<PathBuf>,
     /// Depth Anything V2 checkpoint folder (depth-anything/Depth-Anything-V2-*-hf).
@@ -90,7 +92,7 @@ impl SceneModelArgs {
             ..Default::default()
         };
         eprintln!(
-            "[scene] loading OWLv2 from {}, SAM from {}, Depth Anything from {}",
+            "[scene] loading OWLv2 from {}, SAM/SAM 2.1 from {}, Depth Anything from {}",
             o.display(),
             s.display(),
             d.display()

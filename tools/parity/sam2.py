@@ -22,7 +22,8 @@ uint8 image, the filter torchvision's uint8 antialiased kernel reproduces) -> /2
 `Sam2ImageProcessor.post_process_masks`'s steps (bilinear, align_corners=False, to the
 original size, > 0; restated here because that module imports torchvision).
 
-`tiny` writes into OUT_DIR:
+`tiny` writes into OUT_DIR (then run tools/parity/sam2_amg.py for amg.json, the generator
+reference):
 
   config.json, preprocessor_config.json
   model.safetensors      float16 weights, transformers' names

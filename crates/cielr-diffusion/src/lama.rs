@@ -219,7 +219,7 @@ impl LamaConfig {
             || (self.ngf << self.n_downsampling) >> self.n_downsampling != self.ngf
         {
             return Err(format!(
-                "n_downsampling {} is too large (at most {MAX_DOWNSAMPLING}, with ngf {} <<                  n_downsampling fitting in usize)",
+                "n_downsampling {} is too large (at most {MAX_DOWNSAMPLING}, with ngf {} << n_downsampling fitting in usize)",
                 self.n_downsampling, self.ngf
             ));
         }

@@ -3,20 +3,22 @@
 //! 1. Object list: the user's queries, or a vocabulary scan (OWLv2 over the LVIS names in
 //!    batches; labels whose best box scores above [`SsrBuilderOptions::scan_threshold`]).
 //! 2. Boxes: OWLv2, one text query per listed object, score threshold 0.1, all boxes kept.
-//! 3. Masks: the SAM automatic mask generator, labelled by the IoU rule ([`assign_labels`]):
-//!    each mask takes the label of the box with the highest IoU, where overlap = mask pixels
-//!    inside the box and IoU = overlap / (box area + mask area - overlap); no overlap gives
-//!    [`UNKNOWN_LABEL`].
+//! 3. Masks: the automatic mask generator of SAM 2.1 (the paper's, with `use_m2m`) or of the
+//!    original SAM (as the checkpoint's `config.json` says, [`SamFamily`]), labelled by the
+//!    IoU rule ([`assign_labels`]): each mask takes the label of the box with the highest
+//!    IoU, where overlap = mask pixels inside the box and IoU = overlap / (box area + mask
+//!    area - overlap); no overlap gives [`UNKNOWN_LABEL`].
 //! 4. Depth: Depth Anything V2 at each mask's centroid pixel.
 //! 5. Merge ([`merge_by_label`]): masks with the same label are united, their depths
 //!    averaged, ids renumbered `0..K-1`; all unknown masks become one region.
 //!
 //! The three stages are traits ([`MaskProposer`], [`OpenVocabularyDetector`],
 //! [`DepthEstimator`]) implemented for the Burn ports ([`SamMaskProposer`],
-//! [`Owlv2Detector`], [`DepthAnything`]). Per image the builder caches the detector's image
-//! embedding, the mask proposals and their depths (keyed by a SHA-256 of the pixels), and
-//! OWLv2 caches text embeddings by string, so [`SceneBuilder::refine`] with new labels costs
-//! only the new text queries, the class logits and the label assignment.
+//! [`Sam2MaskProposer`], [`Owlv2Detector`], [`DepthAnything`]). Per image the builder
+//! caches the detector's image embedding, the mask proposals and their depths (keyed by a
+//! SHA-256 of the pixels), and OWLv2 caches text embeddings by string, so
+//! [`SceneBuilder::refine`] with new labels costs only the new text queries, the class
+//! logits and the label assignment.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -33,6 +35,8 @@ use crate::error::{Result, SceneError};
 use crate::owlv2::Owlv2Detector;
 use crate::sam::amg::{AmgConfig, SamAutomaticMaskGenerator};
 use crate::sam::SamModel;
+use crate::sam2::amg::{Sam2AmgConfig, Sam2AutomaticMaskGenerator};
+use crate::sam2::Sam2Model;
 
 /// The label of masks that no box overlaps.
 pub const UNKNOWN_LABEL: &str = "Unknown";
@@ -71,11 +75,11 @@ pub fn lvis_vocabulary() -> Vec<String> {
     parse_vocabulary(LVIS_NAMES)
 }
 
-/// The automatic-mask-generator settings of the paper (SAM 2.1 in the paper; here applied to
-/// the original SAM generator): 16 points per side, predicted IoU > 0.7, stability >= 0.92
-/// with offset 0.7, one crop layer with half the points, box NMS 0.7, small-region removal
-/// at 1 pixel. The paper's `use_m2m` (SAM 2 mask-to-mask refinement) has no SAM 1
-/// counterpart and is not applied.
+/// The automatic-mask-generator settings of the paper (for SAM 2.1; also applied to the
+/// original SAM generator): 16 points per side, predicted IoU > 0.7, stability >= 0.92 with
+/// offset 0.7, one crop layer with half the points, box NMS 0.7, small-region removal at 1
+/// pixel. The paper's `use_m2m` (SAM 2 mask-to-mask refinement) is part of
+/// [`Sam2AmgConfig::paper`]; it has no SAM 1 counterpart.
 pub fn paper_amg_config() -> AmgConfig {
     AmgConfig {
         points_per_side: Some(16),
@@ -177,6 +181,111 @@ where
             .into_iter()
             .map(|m| m.mask)
             .collect())
+    }
+}
+
+/// SAM 2.1 with automatic-mask-generator settings, as a [`MaskProposer`].
+#[derive(Debug)]
+pub struct Sam2MaskProposer<B: Backend> {
+    model: Sam2Model<B>,
+    config: Sam2AmgConfig,
+}
+
+impl<B: Backend> Sam2MaskProposer<B> {
+    /// Wraps a loaded model; fails when the settings are invalid.
+    pub fn new(model: Sam2Model<B>, config: Sam2AmgConfig) -> Result<Self> {
+        Sam2AutomaticMaskGenerator::new(&model, config.clone())?;
+        Ok(Sam2MaskProposer { model, config })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Sam2Model<B> {
+        &self.model
+    }
+
+    /// The generator settings.
+    pub fn config(&self) -> &Sam2AmgConfig {
+        &self.config
+    }
+}
+
+impl<B: Backend> MaskProposer for Sam2MaskProposer<B>
+where
+    Sam2Model<B>: Send + Sync,
+{
+    fn name(&self) -> String {
+        "sam2-amg".into()
+    }
+
+    fn propose(&self, image: &DynamicImage) -> Result<Vec<Mask>> {
+        let generator = Sam2AutomaticMaskGenerator::new(&self.model, self.config.clone())?;
+        Ok(generator
+            .generate(image)?
+            .into_iter()
+            .map(|m| m.mask)
+            .collect())
+    }
+}
+
+/// Which SAM a checkpoint folder holds, read from the `model_type` of its `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamFamily {
+    /// The original SAM (`"sam"`, e.g. facebook/sam-vit-huge).
+    Sam,
+    /// SAM 2 / 2.1 (`"sam2"`, or `"sam2_video"` whose image parts are the same; e.g.
+    /// facebook/sam2.1-hiera-large).
+    Sam2,
+}
+
+impl SamFamily {
+    /// Reads `dir/config.json`; an error names the file and any `model_type` other than
+    /// `sam`, `sam2` and `sam2_video`.
+    pub fn detect(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = dir.as_ref().join("config.json");
+        let bad = |m: String| SceneError::InvalidInput(format!("{}: {m}", path.display()));
+        let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        match value.get("model_type").and_then(|v| v.as_str()) {
+            Some("sam") => Ok(SamFamily::Sam),
+            Some("sam2") | Some("sam2_video") => Ok(SamFamily::Sam2),
+            Some(other) => Err(bad(format!(
+                "model_type \"{other}\" is not a SAM checkpoint (expected \"sam\", \"sam2\" \
+                 or \"sam2_video\")"
+            ))),
+            None => Err(bad(
+                "no model_type string (expected \"sam\", \"sam2\" or \"sam2_video\")".into(),
+            )),
+        }
+    }
+}
+
+/// The mask proposer of [`BurnSsrBuilder`]: SAM or SAM 2.1, as the checkpoint says.
+#[derive(Debug)]
+pub enum BurnMaskProposer<B: Backend> {
+    /// The original SAM generator.
+    Sam(Box<SamMaskProposer<B>>),
+    /// The SAM 2.1 generator.
+    Sam2(Box<Sam2MaskProposer<B>>),
+}
+
+impl<B: Backend> MaskProposer for BurnMaskProposer<B>
+where
+    SamModel<B>: Send + Sync,
+    Sam2Model<B>: Send + Sync,
+{
+    fn name(&self) -> String {
+        match self {
+            BurnMaskProposer::Sam(p) => p.name(),
+            BurnMaskProposer::Sam2(p) => p.name(),
+        }
+    }
+
+    fn propose(&self, image: &DynamicImage) -> Result<Vec<Mask>> {
+        match self {
+            BurnMaskProposer::Sam(p) => p.propose(image),
+            BurnMaskProposer::Sam2(p) => p.propose(image),
+        }
     }
 }
 
@@ -485,18 +594,21 @@ impl<M, D: OpenVocabularyDetector, E> std::fmt::Debug for PaperSsrBuilder<M, D, 
 
 /// The builder over the Burn ports.
 pub type BurnSsrBuilder<B> =
-    PaperSsrBuilder<SamMaskProposer<B>, Owlv2Detector<B>, DepthAnything<B>>;
+    PaperSsrBuilder<BurnMaskProposer<B>, Owlv2Detector<B>, DepthAnything<B>>;
 
 impl<B: Backend> BurnSsrBuilder<B>
 where
     SamModel<B>: Send + Sync,
+    Sam2Model<B>: Send + Sync,
     Owlv2Detector<B>: Send + Sync,
     crate::owlv2::Owlv2ImageEmbedding<B>: Send + Sync + 'static,
     DepthAnything<B>: Send + Sync,
 {
     /// Loads the three HuggingFace checkpoint folders: OWLv2 (e.g.
-    /// google/owlv2-large-patch14-ensemble), SAM (facebook/sam-vit-*) and Depth Anything V2
-    /// (depth-anything/Depth-Anything-V2-*-hf). The generator uses `options.amg`.
+    /// google/owlv2-large-patch14-ensemble), SAM 2.1 (facebook/sam2.1-hiera-*, the paper's)
+    /// or SAM (facebook/sam-vit-*), told apart by [`SamFamily::detect`], and Depth Anything
+    /// V2 (depth-anything/Depth-Anything-V2-*-hf). Either generator uses `options.amg`; SAM
+    /// 2.1 adds the rest of [`Sam2AmgConfig::paper`] (`use_m2m` on).
     pub fn from_dirs(
         owlv2_dir: impl AsRef<Path>,
         sam_dir: impl AsRef<Path>,
@@ -510,9 +622,22 @@ where
         // Bad settings fail before minutes of checkpoint loading.
         options.validate()?;
         let (o, s, d) = (owlv2_dir.as_ref(), sam_dir.as_ref(), depth_dir.as_ref());
+        let family = SamFamily::detect(s).map_err(|e| ctx("SAM", s, e))?;
         let detector = Owlv2Detector::from_pretrained(o, device).map_err(|e| ctx("OWLv2", o, e))?;
-        let sam = SamModel::load(s, device).map_err(|e| ctx("SAM", s, e))?;
-        let proposer = SamMaskProposer::new(sam, options.amg.clone())?;
+        let proposer = match family {
+            SamFamily::Sam => {
+                let sam = SamModel::load(s, device).map_err(|e| ctx("SAM", s, e))?;
+                BurnMaskProposer::Sam(Box::new(SamMaskProposer::new(sam, options.amg.clone())?))
+            }
+            SamFamily::Sam2 => {
+                let sam = Sam2Model::load(s, device).map_err(|e| ctx("SAM 2.1", s, e))?;
+                let config = Sam2AmgConfig {
+                    base: options.amg.clone(),
+                    ..Sam2AmgConfig::paper()
+                };
+                BurnMaskProposer::Sam2(Box::new(Sam2MaskProposer::new(sam, config)?))
+            }
+        };
         let depth =
             DepthAnything::from_pretrained(d, device).map_err(|e| ctx("Depth Anything", d, e))?;
         Self::new(proposer, detector, depth, options)

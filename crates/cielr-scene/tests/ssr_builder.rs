@@ -2,8 +2,8 @@
 //!
 //! - With hand-made stages (fixed masks, boxes per query and a depth ramp) the SSR is checked
 //!   exactly: labels by the IoU rule, merging, depth averaging, the unknown region, ids.
-//! - With the three tiny committed checkpoints (OWLv2, SAM, Depth Anything V2; random
-//!   weights, so labels mean nothing) the test checks structure, determinism, mask sizes,
+//! - With the tiny committed checkpoints (OWLv2, SAM or SAM 2.1, Depth Anything V2; random
+//!   weights, so labels mean nothing) the tests check structure, determinism, mask sizes,
 //!   ids, and that `refine` reuses the cached image embedding, masks and depth and embeds
 //!   only the new text queries. Semantic quality needs the real checkpoints (docs/scene.md).
 
@@ -16,8 +16,9 @@ use cielr_core::{BBox, Mask, Scene, SceneBuilder};
 use cielr_scene::depth_anything::DepthMap;
 use cielr_scene::sam::amg::AmgConfig;
 use cielr_scene::ssr_builder::{
-    DepthEstimator, LabelledBox, MaskProposer, OpenVocabularyDetector, PaperSsrBuilder,
-    SsrBuilderOptions, DEPTH_SOURCE, UNKNOWN_LABEL,
+    BurnMaskProposer, BurnSsrBuilder, DepthEstimator, LabelledBox, MaskProposer,
+    OpenVocabularyDetector, PaperSsrBuilder, SamFamily, SsrBuilderOptions, DEPTH_SOURCE,
+    UNKNOWN_LABEL,
 };
 use cielr_scene::Result;
 use image::{DynamicImage, RgbImage};
@@ -355,10 +356,23 @@ fn tiny_options() -> SsrBuilderOptions {
 
 #[test]
 fn tiny_checkpoints_build_a_valid_ssr_and_refine_from_the_cache() {
+    check_tiny_builder("sam-tiny", SamFamily::Sam);
+}
+
+/// The same with SAM 2.1 (Hiera, `use_m2m`) as the mask proposer, picked from its config.json.
+#[test]
+fn tiny_checkpoints_with_sam2_build_a_valid_ssr_and_refine_from_the_cache() {
+    check_tiny_builder("sam2-tiny", SamFamily::Sam2);
+}
+
+/// Builds, rebuilds, refines and scans with the tiny OWLv2 and Depth Anything checkpoints and
+/// the mask model in fixture `sam` (of family `family`).
+fn check_tiny_builder(sam: &str, family: SamFamily) {
+    assert_eq!(SamFamily::detect(fixture(sam)).unwrap(), family);
     let device = Default::default();
-    let real = PaperSsrBuilder::<_, _, _>::from_dirs(
+    let real = BurnSsrBuilder::<B>::from_dirs(
         fixture("owlv2-tiny"),
-        fixture("sam-tiny"),
+        fixture(sam),
         fixture("depth-anything-tiny"),
         tiny_options(),
         &device,
@@ -368,6 +382,15 @@ fn tiny_checkpoints_build_a_valid_ssr_and_refine_from_the_cache() {
     // Rewrap the loaded stages with counters.
     let counts = Arc::new(Counts::default());
     let (proposer, detector, depth) = split(real);
+    match (&proposer, family) {
+        (BurnMaskProposer::Sam(p), SamFamily::Sam) => assert_eq!(p.config(), &tiny_options().amg),
+        (BurnMaskProposer::Sam2(p), SamFamily::Sam2) => {
+            // The options' shared settings, the paper's SAM 2 additions.
+            assert_eq!(p.config().base, tiny_options().amg);
+            assert!(p.config().use_m2m);
+        }
+        (p, f) => panic!("{f:?} checkpoint loaded as {}", p.name()),
+    }
     let builder = PaperSsrBuilder::new(
         Counting::new(proposer, &counts),
         Counting::new(detector, &counts),
@@ -375,7 +398,7 @@ fn tiny_checkpoints_build_a_valid_ssr_and_refine_from_the_cache() {
         tiny_options(),
     )
     .unwrap();
-    let image = image::open(fixture("sam-tiny/image.png"))
+    let image = image::open(fixture(&format!("{sam}/image.png")))
         .unwrap()
         .to_rgb8();
     let queries = strings(&["cup", "table"]);
@@ -385,6 +408,13 @@ fn tiny_checkpoints_build_a_valid_ssr_and_refine_from_the_cache() {
         .propose(&DynamicImage::ImageRgb8(image.clone()))
         .unwrap();
     assert!(proposals.len() > 3, "{} masks", proposals.len());
+    // Deterministic: the same masks again (counted by the wrapper, not the builder).
+    let twice = builder
+        .proposer()
+        .inner
+        .propose(&DynamicImage::ImageRgb8(image.clone()))
+        .unwrap();
+    assert_eq!(twice, proposals);
     let scene = pollster::block_on(builder.build(&image, &queries)).unwrap();
     eprintln!("{}", scene.describe());
     scene.validate().unwrap();
@@ -485,6 +515,29 @@ fn a_detector_with_the_wrong_score_count_is_an_error() {
         .build_scene(&RgbImage::new(W, H), &[])
         .expect_err("score count mismatch");
     assert!(e.to_string().contains("3 best scores for 2 labels"), "{e}");
+}
+
+/// A `--sam` folder of another model is refused by name, before any checkpoint is loaded.
+#[test]
+fn a_sam_folder_of_another_model_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("cielr-ssr-not-sam-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "clip"}"#).unwrap();
+    let e = SamFamily::detect(&dir).expect_err("clip is not SAM");
+    assert!(e.to_string().contains("model_type \"clip\""), "{e}");
+    let e = BurnSsrBuilder::<B>::from_dirs(
+        fixture("owlv2-tiny"),
+        &dir,
+        fixture("depth-anything-tiny"),
+        tiny_options(),
+        &Default::default(),
+    )
+    .expect_err("clip is not SAM");
+    assert!(e.to_string().contains("not a SAM checkpoint"), "{e}");
+    std::fs::write(dir.join("config.json"), r#"{"hidden_size": 8}"#).unwrap();
+    let e = SamFamily::detect(&dir).expect_err("no model_type");
+    assert!(e.to_string().contains("no model_type"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Regression: the options' generator settings are validated with the options.

@@ -12,8 +12,8 @@
 //! Parity with transformers 5.24 (and with the official package for the generator) is
 //! checked by `tests/sam_parity.rs` and `tests/sam_amg_parity.rs` against fixtures from
 //! `tools/parity/sam.py`. Not supported (unfinished): batches of several images in one call,
-//! inputs of another size than the config's `image_size`.
-//! SAM 2.1 (Hiera) is not ported yet.
+//! inputs of another size than the config's `image_size`. SAM 2.1 (Hiera) is in
+//! [`crate::sam2`].
 
 pub mod amg;
 pub mod config;

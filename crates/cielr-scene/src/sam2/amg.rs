@@ -12,9 +12,10 @@
 //! is applied when [`Sam2AmgConfig::predictor_postprocess`] is set; the official package only
 //! applies it when its CUDA extension is built (on CPU it warns and skips it).
 //!
-//! Unfinished: parity with the official generator is not yet tested (see the report in
-//! docs/parity.md); `tests/sam2_amg.rs` checks the generator against the model's own
-//! predictions.
+//! Parity: `tests/sam2_amg.rs` against the official generator code (run by
+//! `tools/parity/sam2_amg.py` over transformers' `Sam2Model`, with stand-ins for the parts of
+//! `sam2` that need hydra/CUDA). Not verified: the official model build itself and its
+//! torchvision float resize of the input (this port resizes like transformers' processor).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -385,7 +386,9 @@ impl<'a, B: Backend> Sam2AutomaticMaskGenerator<'a, B> {
         let mut out = Vec::new();
         for (k, point) in item_points.iter().enumerate() {
             let iou = ious[k];
-            if c.base.pred_iou_thresh > 0.0 && !(iou > c.base.pred_iou_thresh) {
+            // `iou > thresh` keeps, so a NaN prediction is dropped as in the official code.
+            let good = iou > c.base.pred_iou_thresh;
+            if c.base.pred_iou_thresh > 0.0 && !good {
                 continue;
             }
             let mut lr = low[k * plane..(k + 1) * plane].to_vec();
@@ -398,8 +401,8 @@ impl<'a, B: Backend> Sam2AutomaticMaskGenerator<'a, B> {
             let inter = logits.iter().filter(|&&v| v > hi).count();
             let union = logits.iter().filter(|&&v| v > lo).count();
             let stability = inter as f32 / union as f32;
-            if c.base.stability_score_thresh > 0.0 && !(stability >= c.base.stability_score_thresh)
-            {
+            let stable = stability >= c.base.stability_score_thresh;
+            if c.base.stability_score_thresh > 0.0 && !stable {
                 continue;
             }
             let bin: Vec<bool> = logits.iter().map(|&v| v > thr).collect();
