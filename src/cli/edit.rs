@@ -66,7 +66,7 @@ pub struct EditorArgs {
     #[arg(long, value_enum, default_value_t = EditorKind::Classical)]
     pub editor: EditorKind,
     /// The diffusers inpainting folder for --editor sd15|sd2 (unet/, vae/, text_encoder/,
-    /// tokenizer/tokenizer.json, scheduler/, model_index.json).
+    /// tokenizer/ (tokenizer.json, or vocab.json + merges.txt), scheduler/, model_index.json).
     #[arg(long, value_name = "DIR")]
     sd_model: Option<PathBuf>,
     /// The converted LaMa weights for --editor lama: a folder with model.safetensors and
