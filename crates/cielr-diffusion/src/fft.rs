@@ -11,10 +11,9 @@
 //! spectra that are not Hermitian (LaMa's spectra, after a convolution, are not).
 //!
 //! The cos/sin matrices depend only on the sizes; they are computed in f64 once per size and
-//! cached for the life of the process. At LaMa's sizes (the bottleneck of a 512x512 input is
+//! cached (the last few lengths used). At LaMa's sizes (the bottleneck of a 512x512 input is
 //! 64x64) the products cost a small fraction of the convolutions around them.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::backend::Backend;
@@ -94,15 +93,31 @@ impl Mats {
     }
 }
 
-/// The process-wide cache of DFT matrices by length.
+/// How many lengths the DFT matrix cache keeps (LaMa needs one or two per input size; each
+/// entry holds about `4 n^2` floats, so an unbounded cache would grow with every new size).
+const CACHED_LENGTHS: usize = 8;
+
+/// The process-wide cache of DFT matrices, most recently used last.
+fn cache() -> &'static Mutex<Vec<(usize, Arc<Mats>)>> {
+    static CACHE: OnceLock<Mutex<Vec<(usize, Arc<Mats>)>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The DFT matrices of length `n`, from the cache (least recently used length evicted).
 fn mats(n: usize) -> Arc<Mats> {
-    static CACHE: OnceLock<Mutex<HashMap<usize, Arc<Mats>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    // A poisoned lock only means another thread panicked while inserting: the map is intact.
-    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
-    map.entry(n)
-        .or_insert_with(|| Arc::new(Mats::new(n)))
-        .clone()
+    // A poisoned lock only means another thread panicked while inserting: the list is intact.
+    let mut entries = cache().lock().unwrap_or_else(|e| e.into_inner());
+    let found = entries.iter().position(|(len, _)| *len == n);
+    let entry = match found {
+        Some(i) => entries.remove(i),
+        None => (n, Arc::new(Mats::new(n))),
+    };
+    let result = entry.1.clone();
+    entries.push(entry);
+    if entries.len() > CACHED_LENGTHS {
+        entries.remove(0);
+    }
+    result
 }
 
 fn matrix<B: Backend>(data: &[f32], rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
@@ -172,4 +187,24 @@ pub fn irfft2<B: Backend>(spectrum: Spectrum<B>, h: usize, w: usize) -> Result<T
     let out = last_axis(re1, matrix::<B>(&mw.c_cos, half, w, &device))
         + last_axis(im1, matrix::<B>(&mw.c_nsin, half, w, &device));
     Ok(out * (1.0 / ((h * w) as f64).sqrt()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrix_cache_is_bounded_and_recomputes_evicted_lengths() {
+        let first = mats(5);
+        for n in 6..6 + 3 * CACHED_LENGTHS {
+            mats(n);
+            let len = cache().lock().unwrap_or_else(|e| e.into_inner()).len();
+            assert!(len <= CACHED_LENGTHS, "{len} lengths cached");
+        }
+        let again = mats(5);
+        assert!(!Arc::ptr_eq(&first, &again), "length 5 should have been evicted");
+        assert_eq!(first.cos, again.cos);
+        assert_eq!(first.c_nsin, again.c_nsin);
+        assert!(Arc::ptr_eq(&again, &mats(5)), "a cached length is reused");
+    }
 }
