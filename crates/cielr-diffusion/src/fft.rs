@@ -97,9 +97,12 @@ impl Mats {
 /// entry holds about `4 n^2` floats, so an unbounded cache would grow with every new size).
 const CACHED_LENGTHS: usize = 8;
 
-/// The process-wide cache of DFT matrices, most recently used last.
-fn cache() -> &'static Mutex<Vec<(usize, Arc<Mats>)>> {
-    static CACHE: OnceLock<Mutex<Vec<(usize, Arc<Mats>)>>> = OnceLock::new();
+/// Cached DFT matrices by length, most recently used last.
+type MatsCache = Mutex<Vec<(usize, Arc<Mats>)>>;
+
+/// The process-wide cache of DFT matrices.
+fn cache() -> &'static MatsCache {
+    static CACHE: OnceLock<MatsCache> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(Vec::new()))
 }
 
