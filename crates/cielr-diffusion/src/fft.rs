@@ -205,7 +205,10 @@ mod tests {
             assert!(len <= CACHED_LENGTHS, "{len} lengths cached");
         }
         let again = mats(5);
-        assert!(!Arc::ptr_eq(&first, &again), "length 5 should have been evicted");
+        assert!(
+            !Arc::ptr_eq(&first, &again),
+            "length 5 should have been evicted"
+        );
         assert_eq!(first.cos, again.cos);
         assert_eq!(first.c_nsin, again.c_nsin);
         assert!(Arc::ptr_eq(&again, &mats(5)), "a cached length is reused");
