@@ -56,6 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => model_path = Some(PathBuf::from(a)),
         }
     }
+    // Zero tokens would print NaN rates (not JSON) or fail inside the model.
+    if prompt_len == 0 || decode == 0 {
+        return Err("--prompt-len and --decode need at least 1 token".into());
+    }
     let path = match model_path {
         Some(p) => p,
         None => smollm2_gguf_path()?,

@@ -3,8 +3,13 @@
 //! The paper's builder runs on the tiny committed checkpoints of `cielr-scene` (random
 //! weights: the test checks that the SSR is written, valid and complete, not what it says).
 
+mod chat_server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+
+use chat_server::{base64_decode, image_urls, user_text, ChatServer, Reply};
 
 use cielr::core::io::load_rgb;
 use cielr::core::Scene;
@@ -311,4 +316,88 @@ fn scene_rejects_builder_settings_that_cannot_run() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `--objects-from vlm`: a served vision-language model (a real HTTP server on 127.0.0.1
+/// started here) lists the objects; its fenced, wrapped answer with a repeat becomes the
+/// SSR's queries. A garbage answer fails before any model is loaded, and the server's
+/// address is required.
+#[test]
+fn scene_with_objects_listed_by_a_served_vlm() {
+    let dir = scratch("vlm");
+    let image = fixture("sam-tiny/image.png");
+    let json = dir.join("s.json");
+    let answer = "Sure:\n```json\n{\"objects\": [\"Left cup\", \"right cup\", \"table\", \"left cup\"]}\n```";
+    let server = ChatServer::start(
+        0,
+        Arc::new(move |body| {
+            let urls = image_urls(body);
+            let prompt = user_text(body);
+            if urls.len() != 1 || !prompt.contains("JSON array") {
+                return Reply::Raw(400, format!("bad request: {} images", urls.len()));
+            }
+            let png = base64_decode(urls[0].trim_start_matches("data:image/png;base64,"));
+            let sent = image::load_from_memory(&png).unwrap();
+            if (sent.width(), sent.height()) != (96, 64) {
+                return Reply::Raw(400, "wrong image size".into());
+            }
+            if body["model"] == "garbage-vl" {
+                return Reply::Answer("I see a cup and a table.".into());
+            }
+            Reply::Answer(answer.into())
+        }),
+    );
+    let vlm = |c: &mut Command, model: &str| {
+        c.env_remove("CIELR_VLM")
+            .env_remove("CIELR_VLM_MODEL")
+            .args(["--objects-from", "vlm", "--vlm"])
+            .arg(server.url())
+            .args(["--vlm-model", model]);
+    };
+    let mut c = cielr();
+    c.arg("scene").arg(&image);
+    tiny_models(&mut c).arg("--out").arg(&json);
+    vlm(&mut c, "tiny-vl");
+    let out = c.output().unwrap();
+    let stdout = ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("3 objects listed by vlm(tiny-vl at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    let scene = Scene::load(&json).unwrap();
+    assert_eq!(scene.queries, ["left cup", "right cup", "table"]);
+    for (i, o) in scene.objects.iter().enumerate() {
+        assert!(["left cup", "right cup", "table", "Unknown"].contains(&o.label.as_str()));
+        assert!(stdout.contains(&format!("id {i}: {}", o.label)), "{stdout}");
+    }
+    assert_eq!(server.requests.lock().unwrap().len(), 1);
+
+    // Garbage: a clear error, and no model is loaded.
+    let mut c = cielr();
+    c.arg("scene").arg(&image);
+    tiny_models(&mut c).arg("--out").arg(dir.join("g.json"));
+    vlm(&mut c, "garbage-vl");
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("object list is not JSON") && !stderr.contains("loading OWLv2"),
+        "{stderr}"
+    );
+    assert!(!dir.join("g.json").exists());
+
+    // No server given.
+    let out = cielr()
+        .env_remove("CIELR_VLM")
+        .arg("scene")
+        .arg(&image)
+        .args(["--objects-from", "vlm"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--vlm <url> --vlm-model <name>"),
+        "{stderr}"
+    );
 }

@@ -118,7 +118,20 @@ pub(super) fn editor(a: &EditorArgs) -> anyhow::Result<Arc<dyn Editor>> {
     use cielr::diffusion::{ClassicalEditor, SdEditorOptions, StableDiffusionInpaintEditor};
     let classical: Arc<dyn Editor> = Arc::new(ClassicalEditor::default());
     if a.editor == EditorKind::Classical {
+        if a.lama_model.is_some() || a.sd_model.is_some() {
+            eprintln!(
+                "[edit] warning: --lama-model/--sd-model are ignored with --editor classical; \
+                 pass --editor lama|sd15|sd2 to use them"
+            );
+        }
         return Ok(classical);
+    }
+    if a.editor == EditorKind::Lama && a.sd_model.is_some() {
+        eprintln!(
+            "[edit] warning: --sd-model is ignored with --editor lama (LaMa removes, recolours \
+             are classical); pass --editor sd15|sd2 --lama-model DIR to draw with SD and remove \
+             with LaMa"
+        );
     }
     let load_lama = |path: &PathBuf| -> anyhow::Result<Arc<dyn Editor>> {
         eprintln!("[edit] loading LaMa from {}", path.display());

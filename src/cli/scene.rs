@@ -9,11 +9,19 @@ use anyhow::{bail, Context};
 use cielr::core::imageops::render_overlay;
 use cielr::core::io::{load_rgb, save_rgb};
 use cielr::core::SceneBuilder;
+use cielr::eval::idcs_vlm::downscaled_png;
+use cielr::planner::openai::OpenAiConfig;
+use cielr::planner::openai_vision::OpenAiVision;
+use cielr::scene::object_list::{
+    parse_object_list, ObjectLister, MAX_LISTED_OBJECTS, OBJECT_LIST_PROMPT,
+};
 use cielr::scene::sam::amg::AmgConfig;
 use cielr::scene::ssr_builder::{
     lvis_vocabulary, paper_amg_config, parse_vocabulary, BurnSsrBuilder, SsrBuilderOptions,
 };
-use clap::Args;
+use cielr::scene::SceneError;
+use clap::{Args, ValueEnum};
+use image::RgbImage;
 
 /// The model folders of the paper's SSR builder (OWLv2 + SAM 2.1 or SAM + Depth Anything
 /// V2) and its main settings. Without the folders the default COCO detector builds the SSR.
@@ -121,12 +129,93 @@ pub struct SceneArgs {
     /// vocabulary (LVIS scan for the paper's builder, all COCO classes for the default one).
     #[arg(long, value_name = "LABELS")]
     queries: Option<String>,
+    /// Where the object list comes from when --queries is not given: `vocab` (the builder's
+    /// vocabulary, the default) or `vlm` (a vision-language model served behind an
+    /// OpenAI-compatible API lists what it sees; needs --vlm and --vlm-model).
+    #[arg(long, value_enum, value_name = "SOURCE", conflicts_with = "queries")]
+    objects_from: Option<ObjectsFrom>,
+    /// The OpenAI-compatible server with image input (e.g. vLLM serving Qwen2-VL) for
+    /// `--objects-from vlm`. The API key is read from OPENAI_API_KEY when set.
+    #[arg(long, value_name = "URL", env = "CIELR_VLM")]
+    vlm: Option<String>,
+    /// The model name to request from the --vlm server.
+    #[arg(long, value_name = "NAME", env = "CIELR_VLM_MODEL")]
+    vlm_model: Option<String>,
+    /// The longest side, in pixels, of the image sent to the --vlm server.
+    #[arg(long, value_name = "PIXELS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(16..=4096))]
+    vlm_max_side: u32,
     /// Where to write the SSR JSON (default: <image stem>.ssr.json in the current folder).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Also draw the SSR over the image into this PNG.
     #[arg(long, value_name = "FILE")]
     overlay: Option<PathBuf>,
+}
+
+/// Where `cielr scene` takes its object list from (without --queries).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectsFrom {
+    /// The builder's vocabulary (LVIS scan or COCO classes).
+    Vocab,
+    /// A served vision-language model lists the objects it sees.
+    Vlm,
+}
+
+/// [`ObjectLister`] over a vision-language model behind an OpenAI-compatible endpoint: the
+/// image, downscaled to `max_side`, is sent with [`OBJECT_LIST_PROMPT`] and the answer is
+/// read by [`parse_object_list`].
+pub struct VlmObjectLister {
+    vision: OpenAiVision,
+    max_side: u32,
+}
+
+impl VlmObjectLister {
+    /// A lister asking `config.model` at `config.base_url`, sending images of at most
+    /// `max_side` pixels on their longer side.
+    pub fn new(config: OpenAiConfig, max_side: u32) -> anyhow::Result<Self> {
+        let mut vision = OpenAiVision::new(config)?;
+        // Room for a list of MAX_LISTED_OBJECTS short names.
+        vision.max_tokens = 512;
+        vision.max_answer_chars = 8000;
+        Ok(VlmObjectLister { vision, max_side })
+    }
+}
+
+impl ObjectLister for VlmObjectLister {
+    fn name(&self) -> String {
+        format!(
+            "vlm({} at {})",
+            self.vision.model(),
+            self.vision.client().endpoint()
+        )
+    }
+
+    fn list_objects(&self, image: &RgbImage) -> cielr::scene::Result<Vec<String>> {
+        let png = downscaled_png(image, self.max_side)
+            .map_err(|e| SceneError::InvalidInput(format!("encoding the image: {e}")))?;
+        let answer = self
+            .vision
+            .ask(None, OBJECT_LIST_PROMPT, &[&png])
+            .map_err(|e| SceneError::InvalidInput(format!("asking {}: {e}", self.name())))?;
+        parse_object_list(&answer, MAX_LISTED_OBJECTS)
+    }
+}
+
+/// The VLM lister from `--vlm` and `--vlm-model`.
+fn vlm_lister(a: &SceneArgs) -> anyhow::Result<VlmObjectLister> {
+    let Some(url) = a.vlm.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+        bail!("--objects-from vlm needs the server: --vlm <url> --vlm-model <name> (or CIELR_VLM, CIELR_VLM_MODEL)");
+    };
+    let Some(model) = a
+        .vlm_model
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    else {
+        bail!("--vlm {url} needs the model's name: --vlm-model <name> (or CIELR_VLM_MODEL)");
+    };
+    VlmObjectLister::new(OpenAiConfig::new(url, model), a.vlm_max_side)
+        .with_context(|| format!("configuring the vision model at {url}"))
 }
 
 fn create_parent(path: &Path) -> anyhow::Result<()> {
@@ -141,19 +230,33 @@ fn create_parent(path: &Path) -> anyhow::Result<()> {
 pub fn run(a: SceneArgs) -> anyhow::Result<()> {
     let image =
         load_rgb(&a.image).with_context(|| format!("reading the image {}", a.image.display()))?;
+    // The object list first: a bad --vlm answer fails before any model is loaded.
+    let queries: Vec<String> = if a.objects_from == Some(ObjectsFrom::Vlm) {
+        let lister = vlm_lister(&a)?;
+        let names = lister
+            .list_objects(&image)
+            .context("listing the objects with the vision model")?;
+        eprintln!(
+            "[scene] {} objects listed by {}: {}",
+            names.len(),
+            lister.name(),
+            names.join(", ")
+        );
+        names
+    } else {
+        a.queries
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|q| !q.is_empty())
+            .map(String::from)
+            .collect()
+    };
     let builder = match a.models.builder()? {
         Some(b) => b,
         None => super::edit::default_scene_builder()?,
     };
-    let queries: Vec<String> = a
-        .queries
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|q| !q.is_empty())
-        .map(String::from)
-        .collect();
     let scene = pollster::block_on(builder.build(&image, &queries))
         .with_context(|| format!("building the SSR with {}", builder.name()))?;
     let out = a.out.clone().unwrap_or_else(|| {

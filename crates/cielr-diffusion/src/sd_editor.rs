@@ -71,13 +71,15 @@ pub struct DenoiseProgress {
 }
 
 impl DenoiseProgress {
-    /// The remaining time if the remaining steps take as long as the average step so far.
+    /// The remaining time if the remaining steps take as long as the average step so far
+    /// ([`Duration::MAX`] when that does not fit a `Duration`).
     pub fn eta(&self) -> Duration {
         if self.step == 0 {
             return Duration::ZERO;
         }
-        self.elapsed
-            .mul_f64((self.total.saturating_sub(self.step)) as f64 / self.step as f64)
+        // `Duration::mul_f64` panics when the product overflows; the fields are public.
+        let ratio = (self.total.saturating_sub(self.step)) as f64 / self.step as f64;
+        Duration::try_from_secs_f64(self.elapsed.as_secs_f64() * ratio).unwrap_or(Duration::MAX)
     }
 }
 
@@ -317,5 +319,12 @@ mod tests {
         assert_eq!(p.eta(), Duration::from_secs(12));
         let done = DenoiseProgress { step: 10, ..p };
         assert_eq!(done.eta(), Duration::ZERO);
+        // An estimate beyond what a Duration holds saturates instead of panicking.
+        let huge = DenoiseProgress {
+            step: 1,
+            total: usize::MAX,
+            elapsed: Duration::from_secs(1_000_000),
+        };
+        assert_eq!(huge.eta(), Duration::MAX);
     }
 }

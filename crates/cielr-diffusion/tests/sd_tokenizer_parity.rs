@@ -23,6 +23,8 @@ fn vocab_and_merges_tokenize_like_transformers() {
     let tokenizer = load_clip_tokenizer(&dir, max_length).unwrap();
     let strings: Vec<String> = serde_json::from_value(reference["strings"].clone()).unwrap();
     let expected: Vec<Vec<i64>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
+    // An empty reference would make the comparison below pass vacuously.
+    assert!(!strings.is_empty(), "reference.json lists no strings");
     let texts: Vec<&str> = strings.iter().map(String::as_str).collect();
     let tokens = tokenizer.encode(&texts).unwrap();
     let ours = &tokens.ids;

@@ -48,12 +48,19 @@ impl VlmDescriber {
 }
 
 /// `img` with its longer side at most `max_side` (triangle filter; unchanged when it
-/// already fits), PNG-encoded.
+/// already fits), PNG-encoded. Errors: an image with no pixels, `max_side` 0.
 pub fn downscaled_png(img: &RgbImage, max_side: u32) -> cielr_core::Result<Vec<u8>> {
     let (w, h) = img.dimensions();
     if w == 0 || h == 0 {
         return Err(cielr_core::CoreError::SizeMismatch(
             "IDCS: an image with no pixels cannot be described".into(),
+        ));
+    }
+    // `VlmDescriber::max_side` is a public field: 0 can arrive here despite `new`'s check
+    // (and `clamp(1, 0)` below would panic).
+    if max_side == 0 {
+        return Err(cielr_core::CoreError::SizeMismatch(
+            "IDCS: the vision model's image side must be at least 1 pixel, not 0".into(),
         ));
     }
     let longer = w.max(h);
@@ -108,6 +115,10 @@ mod tests {
         let back = image::load_from_memory(&downscaled_png(&small, 512).unwrap()).unwrap();
         assert_eq!((back.width(), back.height()), (40, 30));
         assert!(downscaled_png(&RgbImage::new(0, 3), 512).is_err());
+        // A zero bound (settable through the public field) is an error, not a panic; 1 works.
+        assert!(downscaled_png(&img, 0).is_err());
+        let back = image::load_from_memory(&downscaled_png(&img, 1).unwrap()).unwrap();
+        assert_eq!((back.width(), back.height()), (1, 1));
         assert!(VlmDescriber::new(OpenAiConfig::new("http://h:1", "m"), 8).is_err());
         assert!(VlmDescriber::new(OpenAiConfig::new("nope", "m"), 512).is_err());
     }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod grabcut;
 pub mod maxflow;
 pub mod model_cache;
+pub mod object_list;
 pub mod owlv2;
 pub mod preprocess;
 pub mod sam;
