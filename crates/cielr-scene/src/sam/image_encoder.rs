@@ -50,6 +50,9 @@ pub struct SamVisionAttention<B: Backend> {
     /// `rel_pos_h[relative index]` laid out as `[size(q), size(k), head_dim]`.
     rel_h: Option<Tensor<B, 3>>,
     rel_w: Option<Tensor<B, 3>>,
+    /// `[1, size * size, 2 * size]`: for key token `(ky, kx)`, one-hot of `ky` then of `kx`
+    /// (the key-side half of the folded rel-pos term).
+    key_onehot: Option<Tensor<B, 3>>,
     heads: usize,
     scale: f64,
 }
@@ -70,6 +73,18 @@ fn gather_rel_pos<B: Backend>(
     table.select(0, idx).reshape([size, size, head_dim])
 }
 
+/// `[1, size * size, 2 * size]`: row `t = ky * size + kx` is one-hot at `ky` in its first
+/// `size` columns and at `kx` in its last `size` columns.
+fn key_onehot<B: Backend>(size: usize, device: &B::Device) -> Tensor<B, 3> {
+    let n = size * size;
+    let mut v = vec![0f32; n * 2 * size];
+    for t in 0..n {
+        v[t * 2 * size + t / size] = 1.0;
+        v[t * 2 * size + size + t % size] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(v, [1, n, 2 * size]), device)
+}
+
 impl<B: Backend> SamVisionAttention<B> {
     fn load(
         w: &Weights<'_>,
@@ -79,22 +94,24 @@ impl<B: Backend> SamVisionAttention<B> {
     ) -> Result<Self> {
         let d = c.hidden_size;
         let head_dim = d / c.num_attention_heads;
-        let (rel_h, rel_w) = if c.use_rel_pos {
+        let (rel_h, rel_w, key_onehot) = if c.use_rel_pos {
             let n = 2 * input_size - 1;
             let h = w.tensor("rel_pos_h", [n, head_dim], device)?;
             let ww = w.tensor("rel_pos_w", [n, head_dim], device)?;
             (
                 Some(gather_rel_pos(h, input_size, device)),
                 Some(gather_rel_pos(ww, input_size, device)),
+                Some(key_onehot(input_size, device)),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         Ok(Self {
             qkv: w.pp("qkv").linear(d, 3 * d, c.qkv_bias, device)?,
             proj: w.pp("proj").linear(d, d, true, device)?,
             rel_h,
             rel_w,
+            key_onehot,
             heads: c.num_attention_heads,
             scale: (head_dim as f64).powf(-0.5),
         })
@@ -114,34 +131,46 @@ impl<B: Backend> SamVisionAttention<B> {
         let q = qkv.clone().narrow(0, 0, 1).reshape([b * nh, h * w, hd]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([b * nh, h * w, hd]);
         let v = qkv.narrow(0, 2, 1).reshape([b * nh, h * w, hd]);
-        let mut bias = None;
-        if let (Some(rh), Some(rw)) = (&self.rel_h, &self.rel_w) {
-            let bh = b * nh;
-            let q4 = q.clone().reshape([bh, h, w, hd]);
-            // rel_h[b, y, x, ky] = sum_c q[b, y, x, c] * rh[y, ky, c]
-            let qh = q4.clone().permute([1, 0, 2, 3]).reshape([h, bh * w, hd]);
-            let rel_h = qh
-                .matmul(rh.clone().swap_dims(1, 2))
-                .reshape([h, bh, w, h])
-                .permute([1, 0, 2, 3]);
-            // rel_w[b, y, x, kx] = sum_c q[b, y, x, c] * rw[x, kx, c]
-            let qw = q4.permute([2, 0, 1, 3]).reshape([w, bh * h, hd]);
-            let rel_w = qw
-                .matmul(rw.clone().swap_dims(1, 2))
-                .reshape([w, bh, h, w])
-                .permute([1, 2, 0, 3]);
-            let sum = rel_h.reshape([bh, h, w, h, 1]) + rel_w.reshape([bh, h, w, 1, w]);
-            bias = Some(sum.reshape([b, nh, h * w, h * w]));
-        }
+        let split = |t: Tensor<B, 3>| {
+            let d = t.dims()[2];
+            t.reshape([b, nh, h * w, d])
+        };
+        let (q, k, scale) = match (&self.rel_h, &self.rel_w, &self.key_onehot) {
+            (Some(rh), Some(rw), Some(onehot)) => {
+                let bh = b * nh;
+                let q4 = q.clone().reshape([bh, h, w, hd]);
+                // rel_h[b, y, x, ky] = sum_c q[b, y, x, c] * rh[y, ky, c]
+                let qh = q4.clone().permute([1, 0, 2, 3]).reshape([h, bh * w, hd]);
+                let rel_h = qh
+                    .matmul(rh.clone().swap_dims(1, 2))
+                    .reshape([h, bh, w, h])
+                    .permute([1, 0, 2, 3])
+                    .reshape([bh, h * w, h]);
+                // rel_w[b, y, x, kx] = sum_c q[b, y, x, c] * rw[x, kx, c]
+                let qw = q4.permute([2, 0, 1, 3]).reshape([w, bh * h, hd]);
+                let rel_w = qw
+                    .matmul(rw.clone().swap_dims(1, 2))
+                    .reshape([w, bh, h, w])
+                    .permute([1, 2, 0, 3])
+                    .reshape([bh, h * w, w]);
+                // Folded rel-pos: with q' = [q * scale, rel_h(q), rel_w(q)] and
+                // k' = [k, onehot(ky), onehot(kx)], q'.k' = scale q.k + rel_h[q, ky] +
+                // rel_w[q, kx], so the fused attention runs without an `[N, N]` bias (and
+                // with scale 1, the scale being applied to q as the reference does).
+                let q = Tensor::cat(vec![q.mul_scalar(self.scale), rel_h, rel_w], 2);
+                let k = Tensor::cat(vec![k, onehot.clone().expand([bh, h * w, h + w])], 2);
+                (q, k, 1.0)
+            }
+            _ => (q, k, self.scale),
+        };
         // The backend's fused attention (flash-style on `flex` for the 4096-token global
-        // layers): the scores are never materialised; only the decomposed rel-pos bias is.
-        let split = |t: Tensor<B, 3>| t.reshape([b, nh, h * w, hd]);
+        // layers): neither the scores nor a rel-pos bias are materialised.
         let options = AttentionModuleOptions {
-            scale: Some(self.scale),
+            scale: Some(scale),
             softcap: None,
             is_causal: false,
         };
-        let out = attention(split(q), split(k), split(v), None, bias, options)
+        let out = attention(split(q), split(k), split(v), None, None, options)
             .reshape([b, nh, h, w, hd])
             .permute([0, 2, 3, 1, 4])
             .reshape([b, h, w, c]);
