@@ -142,16 +142,17 @@ impl<B: Backend> TwoWayBlock<B> {
     }
 }
 
-/// `SamFeedForward`: `proj_in`, ReLU, `layers` (each followed by ReLU), `proj_out`.
+/// `SamFeedForward` (and SAM 2's `Sam2FeedForward`): `proj_in`, ReLU, `layers` (each
+/// followed by ReLU), `proj_out`.
 #[derive(Debug)]
-struct FeedForward<B: Backend> {
+pub(crate) struct FeedForward<B: Backend> {
     proj_in: Linear<B>,
     layers: Vec<Linear<B>>,
     proj_out: Linear<B>,
 }
 
 impl<B: Backend> FeedForward<B> {
-    fn load(
+    pub(crate) fn load(
         w: &Weights<'_>,
         d_in: usize,
         hidden: usize,
@@ -171,7 +172,7 @@ impl<B: Backend> FeedForward<B> {
         })
     }
 
-    fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    pub(crate) fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let mut x = relu(self.proj_in.forward(x));
         for l in &self.layers {
             x = relu(l.forward(x));

@@ -8,7 +8,7 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, relu, sigmoid, softmax};
+use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv_transpose2d;
 use burn::tensor::ops::ConvTransposeOptions;
@@ -16,7 +16,10 @@ use burn::tensor::{Tensor, TensorData};
 use cielr_core::weights::Weights;
 
 use super::config::{Sam2MaskDecoderConfig, Sam2PromptEncoderConfig};
+// `Sam2FeedForward` has the same layout and forward as SAM's (the IoU head's sigmoid is
+// applied by the caller).
 use crate::error::{Result, SceneError};
+use crate::sam::mask_decoder::FeedForward;
 
 /// Label of a padding point (ignored).
 pub const LABEL_PAD: i64 = -10;
@@ -275,44 +278,6 @@ impl<B: Backend> Attention<B> {
         let out = p.matmul(v).swap_dims(1, 2);
         let [n, t, h, e] = out.dims();
         self.o.forward(out.reshape([n, t, h * e]))
-    }
-}
-
-/// `Sam2FeedForward` (ReLU between layers, optional sigmoid output).
-#[derive(Debug)]
-struct FeedForward<B: Backend> {
-    proj_in: Linear<B>,
-    layers: Vec<Linear<B>>,
-    proj_out: Linear<B>,
-}
-
-impl<B: Backend> FeedForward<B> {
-    fn load(
-        w: &Weights<'_>,
-        d_in: usize,
-        hidden: usize,
-        d_out: usize,
-        num_layers: usize,
-        device: &B::Device,
-    ) -> Result<Self> {
-        Ok(Self {
-            proj_in: w.pp("proj_in").linear(d_in, hidden, true, device)?,
-            layers: (0..num_layers.saturating_sub(2))
-                .map(|i| {
-                    w.pp(format!("layers.{i}"))
-                        .linear(hidden, hidden, true, device)
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?,
-            proj_out: w.pp("proj_out").linear(hidden, d_out, true, device)?,
-        })
-    }
-
-    fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mut x = relu(self.proj_in.forward(x));
-        for l in &self.layers {
-            x = relu(l.forward(x));
-        }
-        self.proj_out.forward(x)
     }
 }
 
