@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example llm_bench -- [MODEL.gguf] [--prompt-len N] [--decode N]
-//!     [--repeats N] [--warmup N] [--split N]
+//!     [--repeats N] [--warmup N] [--split N] [--quant]
 //! ```
 //!
 //! `MODEL.gguf` defaults to the cached SmolLM2-135M-Instruct GGUF
@@ -14,14 +14,16 @@
 //! logits read back, argmax). Each is run `--warmup` times untimed, then `--repeats` times;
 //! the median (and the best) is reported. Threads: Burn's `flex` backend uses rayon's global pool
 //! (`RAYON_NUM_THREADS`); `--split N` splits single-row projections into `N` blocks run on
-//! those threads (`Llama::with_matmul_split`, an experiment; off by default).
+//! those threads (`Llama::with_matmul_split`, an experiment; off by default). `--quant` keeps
+//! the Q4_0/Q4_1/Q8_0 matrices as stored for decode steps (`Llama::from_gguf_quantized`,
+//! what `LocalLlm` does on the CPU); without it every weight is dequantised to `f32`.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use cielr_core::backend::CpuBackend;
 use cielr_planner::generate::Sampler;
-use cielr_planner::gguf::smollm2_gguf_path;
+use cielr_planner::gguf::{smollm2_gguf_path, GgufFile};
 use cielr_planner::llama::Llama;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -37,6 +39,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut model_path: Option<PathBuf> = None;
     let mut split: Option<usize> = None;
+    let mut quant = false;
     let (mut prompt_len, mut decode, mut repeats, mut warmup) = (128usize, 64usize, 5usize, 1usize);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -52,6 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--repeats" => repeats = num("--repeats")?.max(1),
             "--warmup" => warmup = num("--warmup")?,
             "--split" => split = Some(num("--split")?),
+            "--quant" => quant = true,
             _ if a.starts_with("--") => return Err(format!("unknown option {a}").into()),
             _ => model_path = Some(PathBuf::from(a)),
         }
@@ -66,7 +70,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let device = Default::default();
     let t0 = Instant::now();
-    let mut model = Llama::<CpuBackend>::from_gguf_path(&path, &device)?;
+    let file = GgufFile::open(&path)?;
+    let mut model = if quant {
+        Llama::<CpuBackend>::from_gguf_quantized(&file, &device)?
+    } else {
+        Llama::<CpuBackend>::from_gguf(&file, &device)?
+    };
     if let Some(n) = split {
         model = model.with_matmul_split(n);
     }
@@ -109,11 +118,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (pb, db) = (best(&prefill), best(&decode_t));
     let (p, d) = (median(prefill), median(decode_t));
     println!(
-        "{{\"impl\": \"cielr (Burn flex, f32, split {})\", \"threads\": {}, \"load_s\": {:.2}, \
+        "{{\"impl\": \"cielr (Burn flex, {}, split {})\", \"threads\": {}, \"load_s\": {:.2}, \
          \"prompt_tokens\": {prompt_len}, \"decode_tokens\": {decode}, \"repeats\": {repeats}, \
          \"prefill_s\": {p:.4}, \"decode_s\": {d:.4}, \"prefill_tokens_per_s\": {:.1}, \
          \"decode_tokens_per_s\": {:.1}, \"prefill_best_tokens_per_s\": {:.1}, \
          \"decode_best_tokens_per_s\": {:.1}}}",
+        if quant {
+            "decode with weights as stored"
+        } else {
+            "f32"
+        },
         split.unwrap_or(1),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into()),
         load_s,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Language-model speed on the CPU, side by side in one run: cielr-planner's Burn decoder
-# (examples/llm_bench.rs, release build), PyTorch transformers on the same weights
-# dequantised to float32, and llama.cpp (llama-cpp-python) on the same GGUF.
+# (examples/llm_bench.rs, release build; once with every weight dequantised to f32, once with
+# decode steps reading the Q4_0/Q4_1/Q8_0 matrices as stored, `--quant`, what `LocalLlm` does
+# on the CPU), PyTorch transformers on the same weights dequantised to float32, and llama.cpp
+# (llama-cpp-python) on the same GGUF.
 #
 #   tools/bench/llm.sh [MODEL.gguf]
 #
@@ -13,7 +15,7 @@
 #   CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python),
 #   NICE_LEVEL (-15: as root, the timed runs get priority over other work on the machine),
 #   OMP_WAIT_POLICY (PASSIVE), NO_BUILD (1: use target/release/examples/llm_bench as built),
-#   SPLIT (1: also time ours with the decode step's projections split across the threads,
+#   SPLIT (0; 1: also time ours with the decode step's projections split across the threads,
 #   `--split THREADS`), OUT (a folder for the JSON results; a temporary one by default).
 # Every implementation gets the same thread count, the same synthetic prompt ids, a warm-up
 # and the median of REPEATS runs; they run one after the other, never at the same time.
@@ -51,7 +53,10 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 [ "${NO_BUILD:-0}" = 1 ] || cargo build --release --example llm_bench
 echo "== cielr (Burn flex CPU, f32 weights) ==" >&2
 "${NICE[@]}" target/release/examples/llm_bench "$MODEL" "${ARGS[@]}" | tail -n 1 | tee "$OUT/cielr.json"
-if [ "${SPLIT:-1}" = 1 ]; then
+echo "== cielr (Burn flex CPU, decode with the GGUF's quantised matrices as stored) ==" >&2
+"${NICE[@]}" target/release/examples/llm_bench "$MODEL" "${ARGS[@]}" --quant | tail -n 1 \
+  | tee "$OUT/cielr_quant.json"
+if [ "${SPLIT:-0}" = 1 ]; then
   echo "== cielr, single-row projections split across $THREADS threads (--split $THREADS) ==" >&2
   "${NICE[@]}" target/release/examples/llm_bench "$MODEL" "${ARGS[@]}" --split "$THREADS" \
     | tail -n 1 | tee "$OUT/cielr_split.json"
@@ -72,13 +77,12 @@ python3 - "$OUT" "$MODEL" <<'PYEOF'
 import json, pathlib, platform, subprocess, sys, datetime
 out, model = pathlib.Path(sys.argv[1]), sys.argv[2]
 rows = {}
-for key in ("cielr", "cielr_split", "torch", "llamacpp"):
+for key in ("cielr", "cielr_quant", "cielr_split", "torch", "llamacpp"):
     f = out / f"{key}.json"
     if f.exists() and f.read_text().strip():
         rows[key] = json.loads(f.read_text().strip().splitlines()[-1])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"\nmodel {model}\nCPU {cpu}, {len(rows)} implementations, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC")
-ours = rows.get("cielr")
 load = open("/proc/loadavg").read().split()[:3]
 print(f"load average at the end {' '.join(load)} (other processes skew every number; best-of in brackets)")
 print(f"{'implementation':62} {'threads':>7} {'prefill tok/s':>20} {'decode tok/s':>18}")
@@ -86,12 +90,15 @@ for r in rows.values():
     pf = f"{r['prefill_tokens_per_s']:.1f} ({r.get('prefill_best_tokens_per_s', 0):.1f})"
     dc = f"{r['decode_tokens_per_s']:.1f} ({r.get('decode_best_tokens_per_s', 0):.1f})"
     print(f"{r['impl'][:62]:62} {r['threads']!s:>7} {pf:>20} {dc:>18}")
-if ours:
+for mine, label in (("cielr", "cielr f32"), ("cielr_quant", "cielr as stored")):
+    ours = rows.get(mine)
+    if not ours:
+        continue
     for key, name in (("torch", "transformers"), ("llamacpp", "llama.cpp")):
         if key in rows:
             t = rows[key]
             r = lambda k: ours[k] / t[k] if t.get(k) else float("nan")
-            print(f"ratio cielr/{name}: prefill {r('prefill_tokens_per_s'):.2f}x "
+            print(f"ratio {label}/{name}: prefill {r('prefill_tokens_per_s'):.2f}x "
                   f"(best {r('prefill_best_tokens_per_s'):.2f}x), "
                   f"decode {r('decode_tokens_per_s'):.2f}x (best {r('decode_best_tokens_per_s'):.2f}x)")
 (out / "summary.json").write_text(json.dumps(rows, indent=1))

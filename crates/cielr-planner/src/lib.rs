@@ -26,5 +26,6 @@ pub mod llama;
 pub mod local;
 pub mod openai;
 pub mod openai_vision;
+pub mod quant;
 pub mod tokenizer;
 pub mod weights;

@@ -24,6 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::PlannerError;
+use crate::quant::QuantMatrix;
 
 type Result<T, E = PlannerError> = std::result::Result<T, E>;
 
@@ -602,6 +603,140 @@ fn linear_split<B: Backend>(lin: &Linear<B>, x: Tensor<B, 3>, parts: usize) -> T
     }
 }
 
+/// Inputs of at most this many rows (batch x positions) use the block-quantised weights when
+/// the model has them ([`Llama::with_quantized_decode`]): decode steps and small batches of
+/// them. Longer inputs (prefill) are compute-bound and run Burn's `f32` matmul.
+pub const QUANT_MAX_ROWS: usize = 8;
+
+/// `x · Wᵀ` for `x` (`[batch, seq, in]`) with a block-quantised `W`, when `x` has at most
+/// [`QUANT_MAX_ROWS`] rows and its values can be read as `f32`; `None` otherwise.
+fn quant_forward<B: Backend>(q: &QuantMatrix, x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    let [b, s, _] = x.dims();
+    if b * s > QUANT_MAX_ROWS {
+        return None;
+    }
+    let v = x
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .ok()?;
+    let y = q.matmul(&v).ok()?;
+    Some(Tensor::from_data(
+        TensorData::new(y, [b, s, q.rows()]),
+        &x.device(),
+    ))
+}
+
+/// A linear layer on `x` (`[batch, seq, in]`): with the layer's block-quantised weights when
+/// given and [`quant_forward`] applies, else [`linear_split`] on the `f32` weights.
+fn project<B: Backend>(
+    lin: &Linear<B>,
+    quant: Option<&QuantMatrix>,
+    x: Tensor<B, 3>,
+    split: usize,
+) -> Tensor<B, 3> {
+    match quant.and_then(|q| quant_forward(q, &x)) {
+        Some(y) => match &lin.bias {
+            Some(bias) => y + bias.val().unsqueeze::<3>(),
+            None => y,
+        },
+        None => linear_split(lin, x, split),
+    }
+}
+
+/// How one layer's projections run: split across threads ([`Llama::with_matmul_split`]) and
+/// with which block-quantised weights ([`Llama::with_quantized_decode`]).
+#[derive(Clone, Copy)]
+struct Projections<'a> {
+    split: usize,
+    quant: Option<&'a QuantLayer>,
+}
+
+impl Projections<'_> {
+    /// `lin` on `x`, with the quantised matrix `pick` selects when there is one.
+    fn run<B: Backend>(
+        self,
+        lin: &Linear<B>,
+        pick: fn(&QuantLayer) -> Option<&QuantMatrix>,
+        x: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        project(lin, self.quant.and_then(pick), x, self.split)
+    }
+}
+
+/// Block-quantised copies of one decoder layer's projection weights (`[out, in]`), used by
+/// decode steps ([`Llama::with_quantized_decode`]); `None` for a projection that keeps its
+/// `f32` weights.
+#[derive(Debug, Clone, Default)]
+pub struct QuantLayer {
+    /// Query projection.
+    pub q_proj: Option<QuantMatrix>,
+    /// Key projection.
+    pub k_proj: Option<QuantMatrix>,
+    /// Value projection.
+    pub v_proj: Option<QuantMatrix>,
+    /// Output projection.
+    pub o_proj: Option<QuantMatrix>,
+    /// Gate projection.
+    pub gate_proj: Option<QuantMatrix>,
+    /// Up projection.
+    pub up_proj: Option<QuantMatrix>,
+    /// Down projection.
+    pub down_proj: Option<QuantMatrix>,
+}
+
+impl QuantLayer {
+    fn matrices(&self) -> [(&'static str, Option<&QuantMatrix>); 7] {
+        [
+            ("q_proj", self.q_proj.as_ref()),
+            ("k_proj", self.k_proj.as_ref()),
+            ("v_proj", self.v_proj.as_ref()),
+            ("o_proj", self.o_proj.as_ref()),
+            ("gate_proj", self.gate_proj.as_ref()),
+            ("up_proj", self.up_proj.as_ref()),
+            ("down_proj", self.down_proj.as_ref()),
+        ]
+    }
+}
+
+/// Block-quantised weights for the decode steps of a whole model: one [`QuantLayer`] per
+/// decoder layer and the language-model head (`[vocab, hidden]`, the embedding when tied).
+#[derive(Debug, Clone, Default)]
+pub struct QuantDecode {
+    /// Per decoder layer.
+    pub layers: Vec<QuantLayer>,
+    /// The head.
+    pub head: Option<QuantMatrix>,
+}
+
+impl QuantDecode {
+    /// How many matrices are quantised, of how many there are.
+    pub fn coverage(&self) -> (usize, usize) {
+        let layer = self
+            .layers
+            .iter()
+            .flat_map(|l| l.matrices())
+            .filter(|(_, m)| m.is_some())
+            .count();
+        (
+            layer + usize::from(self.head.is_some()),
+            7 * self.layers.len() + 1,
+        )
+    }
+
+    /// Bytes of quantised weight data a decode step reads.
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .flat_map(|l| l.matrices())
+            .filter_map(|(_, m)| m.map(QuantMatrix::weight_bytes))
+            .sum();
+        layers + self.head.as_ref().map_or(0, QuantMatrix::weight_bytes)
+    }
+}
+
 /// Self-attention with grouped-query heads, rotary embedding and an optional per-head
 /// RMSNorm on queries and keys.
 #[derive(Module, Debug)]
@@ -637,14 +772,17 @@ impl<B: Backend> LlamaAttention<B> {
         sin: &Tensor<B, 4>,
         key_mask: Option<&Tensor<B, 4, Bool>>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-        split: usize,
+        proj: Projections,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<B, 3>, n: usize| t.reshape([b, s, n, hd]).swap_dims(1, 2);
-        let mut q = heads(linear_split(&self.q_proj, x.clone(), split), nh);
-        let mut k = heads(linear_split(&self.k_proj, x.clone(), split), nkv);
-        let v = heads(linear_split(&self.v_proj, x, split), nkv);
+        let mut q = heads(proj.run(&self.q_proj, |l| l.q_proj.as_ref(), x.clone()), nh);
+        let mut k = heads(
+            proj.run(&self.k_proj, |l| l.k_proj.as_ref(), x.clone()),
+            nkv,
+        );
+        let v = heads(proj.run(&self.v_proj, |l| l.v_proj.as_ref(), x), nkv);
         if let Some(n) = &self.q_norm {
             q = n.forward(q);
         }
@@ -684,10 +822,10 @@ impl<B: Backend> LlamaAttention<B> {
             let mask = key_mask.map(|m| m.clone().expand([b, nh, s, t]));
             attention(q, repeat(k), repeat(v), mask, None, options)
         };
-        linear_split(
+        proj.run(
             &self.o_proj,
+            |l| l.o_proj.as_ref(),
             out.swap_dims(1, 2).reshape([b, s, nh * hd]),
-            split,
         )
     }
 }
@@ -704,10 +842,10 @@ pub struct LlamaMlp<B: Backend> {
 }
 
 impl<B: Backend> LlamaMlp<B> {
-    fn forward(&self, x: Tensor<B, 3>, split: usize) -> Tensor<B, 3> {
-        let gate = silu(linear_split(&self.gate_proj, x.clone(), split));
-        let up = linear_split(&self.up_proj, x, split);
-        linear_split(&self.down_proj, gate * up, split)
+    fn forward(&self, x: Tensor<B, 3>, proj: Projections) -> Tensor<B, 3> {
+        let gate = silu(proj.run(&self.gate_proj, |l| l.gate_proj.as_ref(), x.clone()));
+        let up = proj.run(&self.up_proj, |l| l.up_proj.as_ref(), x);
+        proj.run(&self.down_proj, |l| l.down_proj.as_ref(), gate * up)
     }
 }
 
@@ -796,6 +934,8 @@ pub struct Llama<B: Backend> {
     /// Blocks the small (single-row) projections are split into across rayon's threads
     /// ([`Llama::with_matmul_split`]).
     split: usize,
+    /// Block-quantised weights for decode steps ([`Llama::with_quantized_decode`]).
+    quant: Option<QuantDecode>,
 }
 
 impl<B: Backend> Llama<B> {
@@ -827,6 +967,7 @@ impl<B: Backend> Llama<B> {
             rope,
             device: device.clone(),
             split: 1,
+            quant: None,
         })
     }
 
@@ -837,6 +978,70 @@ impl<B: Backend> Llama<B> {
     pub fn with_matmul_split(mut self, parts: usize) -> Self {
         self.split = parts.max(1);
         self
+    }
+
+    /// Runs decode steps (inputs of at most [`QUANT_MAX_ROWS`] rows) with block-quantised
+    /// weights ([`crate::quant`]): on a CPU a decode step reads the weights once, so reading
+    /// them as stored in a GGUF file (4 or 8 bits) instead of `f32` is what makes it fast.
+    /// Products equal the `f32` ones with the dequantised weights up to summation order.
+    /// Prefill keeps the `f32` weights. Meant for CPU backends: on a GPU backend each
+    /// projection would copy its input to the host and back.
+    ///
+    /// # Errors
+    /// When the layer count or a matrix's shape does not match the model.
+    pub fn with_quantized_decode(mut self, quant: QuantDecode) -> Result<Self> {
+        let c = &self.config;
+        if quant.layers.len() != c.num_hidden_layers {
+            return Err(model_err(format!(
+                "quantised weights for {} layers, the model has {}",
+                quant.layers.len(),
+                c.num_hidden_layers
+            )));
+        }
+        let check = |name: String, m: Option<&QuantMatrix>, lin_dims: [usize; 2]| {
+            match m {
+                // Burn's Linear weight is [in, out]; the quantised matrix is [out, in].
+                Some(m) if [m.cols(), m.rows()] != lin_dims => Err(model_err(format!(
+                    "quantised {name} is {} x {}, the model's weight {} x {}",
+                    m.rows(),
+                    m.cols(),
+                    lin_dims[1],
+                    lin_dims[0]
+                ))),
+                _ => Ok(()),
+            }
+        };
+        for (i, (ql, layer)) in quant.layers.iter().zip(&self.model.layers).enumerate() {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            let dims = [
+                a.q_proj.weight.dims(),
+                a.k_proj.weight.dims(),
+                a.v_proj.weight.dims(),
+                a.o_proj.weight.dims(),
+                m.gate_proj.weight.dims(),
+                m.up_proj.weight.dims(),
+                m.down_proj.weight.dims(),
+            ];
+            for ((name, q), d) in ql.matrices().into_iter().zip(dims) {
+                check(format!("layer {i} {name}"), q, d)?;
+            }
+        }
+        let head_dims = match &self.model.lm_head {
+            Some(head) => head.weight.dims(),
+            None => {
+                let [v, h] = self.model.embed_tokens.weight.dims();
+                [h, v]
+            }
+        };
+        check("head".into(), quant.head.as_ref(), head_dims)?;
+        self.quant = Some(quant);
+        Ok(self)
+    }
+
+    /// The block-quantised decode weights, when attached.
+    pub fn quantized_decode(&self) -> Option<&QuantDecode> {
+        self.quant.as_ref()
     }
 
     /// The hyper-parameters.
@@ -886,6 +1091,16 @@ impl<B: Backend> Llama<B> {
         cache: &mut LlamaCache<B>,
     ) -> Result<Tensor<B, 3>> {
         let [b, s] = tokens.dims();
+        if self.quant.is_some()
+            && b * s <= QUANT_MAX_ROWS
+            && rayon::current_thread_index().is_none()
+        {
+            // The quantised products split their rows over rayon's threads. Called from
+            // outside the pool, each of the ~200 products of a step would wake a worker and
+            // block on it (measured: a third of a decode step's time in futex waits); run the
+            // whole step on a worker instead, where they are cheap.
+            return rayon::scope(|_| self.forward_inner(tokens, pad, cache));
+        }
         if s == 0 || b == 0 {
             return Err(model_err("forward needs at least one token"));
         }
@@ -961,20 +1176,29 @@ impl<B: Backend> Llama<B> {
             (cos, sin, Some(mask))
         };
         let mut x = self.model.embed_tokens.forward(tokens);
-        for (layer, kv) in self.model.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, kv)) in self
+            .model
+            .layers
+            .iter()
+            .zip(cache.layers.iter_mut())
+            .enumerate()
+        {
+            let proj = Projections {
+                split: self.split,
+                quant: self.quant.as_ref().and_then(|q| q.layers.get(i)),
+            };
             let h = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 &cos,
                 &sin,
                 mask.as_ref(),
                 kv,
-                self.split,
+                proj,
             );
             x = x + h;
-            let h = layer.mlp.forward(
-                layer.post_attention_layernorm.forward(x.clone()),
-                self.split,
-            );
+            let h = layer
+                .mlp
+                .forward(layer.post_attention_layernorm.forward(x.clone()), proj);
             x = x + h;
         }
         cache.len = start + s;
@@ -984,6 +1208,12 @@ impl<B: Backend> Llama<B> {
 
     /// The language-model head: hidden states `[n, hidden]` to logits `[n, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        if let Some(head) = self.quant.as_ref().and_then(|q| q.head.as_ref()) {
+            let [n, d] = hidden.dims();
+            if let Some(y) = quant_forward(head, &hidden.clone().reshape([1, n, d])) {
+                return y.reshape([n, head.rows()]);
+            }
+        }
         match &self.model.lm_head {
             Some(head) => head.forward(hidden),
             None => hidden.matmul(self.model.embed_tokens.weight.val().transpose()),

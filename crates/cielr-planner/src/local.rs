@@ -74,6 +74,11 @@ impl LocalLlm<CpuBackend> {
     }
 }
 
+/// Whether `B` is the CPU backend, where decode steps read block-quantised weights.
+fn is_cpu_backend<B: Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<CpuBackend>()
+}
+
 impl<B: Backend> LocalLlm<B> {
     /// As [`LocalLlm::load`], with the parameters on `device` of backend `B`.
     pub fn load_on(path: &Path, device: &B::Device) -> Result<Self, PlannerError> {
@@ -84,10 +89,27 @@ impl<B: Backend> LocalLlm<B> {
         }
     }
 
-    /// As [`LocalLlm::from_gguf`], on `device` of backend `B`.
+    /// As [`LocalLlm::from_gguf`], on `device` of backend `B`. On the CPU backend the
+    /// matrices the file stores as Q4_0, Q4_1 or Q8_0 are also kept as stored for decode
+    /// steps ([`Llama::with_quantized_decode`]), which reads 4-6x fewer bytes per token;
+    /// other backends use the dequantised `f32` weights only.
     pub fn from_gguf_on(path: &Path, device: &B::Device) -> Result<Self, PlannerError> {
+        Self::from_gguf_with(path, device, is_cpu_backend::<B>())
+    }
+
+    /// As [`LocalLlm::from_gguf_on`], choosing whether decode steps use the weights as
+    /// stored (`quantized_decode`; meant for CPU backends) or the dequantised `f32` ones.
+    pub fn from_gguf_with(
+        path: &Path,
+        device: &B::Device,
+        quantized_decode: bool,
+    ) -> Result<Self, PlannerError> {
         let file = GgufFile::open(path)?;
-        let model = Llama::from_gguf(&file, device)?;
+        let model = if quantized_decode {
+            Llama::from_gguf_quantized(&file, device)?
+        } else {
+            Llama::from_gguf(&file, device)?
+        };
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let name = file
             .get_str("general.name")

@@ -20,8 +20,9 @@ use crate::error::PlannerError;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::llama::{
     param, Llama, LlamaAttention, LlamaConfig, LlamaDecoderLayer, LlamaMlp, LlamaModel,
-    RopeScaling, RotaryEmbedding,
+    QuantDecode, QuantLayer, RopeScaling, RotaryEmbedding,
 };
+use crate::quant::QuantMatrix;
 
 type Result<T, E = PlannerError> = std::result::Result<T, E>;
 
@@ -166,32 +167,108 @@ impl<'a> GgufWeights<'a> {
     }
 }
 
-/// Undoes llama.cpp's `permute`: within each head, rows stored as `[head_dim / 2, 2]`
-/// (interleaved pairs) go back to `[2, head_dim / 2]` (halves). Works on weights (`[rows,
-/// cols]`) and biases (`[rows]`).
-fn unpermute_rows(data: &[f32], rows: usize, heads: usize) -> Option<Vec<f32>> {
-    if heads == 0
-        || rows == 0
-        || !rows.is_multiple_of(2 * heads)
-        || !data.len().is_multiple_of(rows)
-    {
+/// The row order that undoes llama.cpp's `permute` of `rows` query/key rows in `heads`
+/// heads: within each head, rows stored as `[head_dim / 2, 2]` (interleaved pairs) go back to
+/// `[2, head_dim / 2]` (halves). Row `i` of the result is stored row `order[i]`; `None` when
+/// the rows cannot be split into heads of even width.
+fn unpermute_order(rows: usize, heads: usize) -> Option<Vec<usize>> {
+    if heads == 0 || rows == 0 || !rows.is_multiple_of(2 * heads) {
         return None;
     }
-    let cols = data.len() / rows;
     let hd = rows / heads;
     let half = hd / 2;
-    let mut out = vec![0.0f32; data.len()];
+    let mut order = vec![0; rows];
     for h in 0..heads {
         for j in 0..half {
             for s in 0..2 {
-                let from = h * hd + j * 2 + s;
-                let to = h * hd + s * half + j;
-                out[to * cols..(to + 1) * cols]
-                    .copy_from_slice(&data[from * cols..(from + 1) * cols]);
+                order[h * hd + s * half + j] = h * hd + j * 2 + s;
             }
         }
     }
-    Some(out)
+    Some(order)
+}
+
+/// [`unpermute_order`] applied to weights (`[rows, cols]`) or biases (`[rows]`).
+fn unpermute_rows(data: &[f32], rows: usize, heads: usize) -> Option<Vec<f32>> {
+    if rows == 0 || !data.len().is_multiple_of(rows) {
+        return None;
+    }
+    let cols = data.len() / rows;
+    let order = unpermute_order(rows, heads)?;
+    Some(
+        order
+            .iter()
+            .flat_map(|&from| &data[from * cols..(from + 1) * cols])
+            .copied()
+            .collect(),
+    )
+}
+
+impl GgufWeights<'_> {
+    /// The heads to un-permute a tensor's rows over (`attn_q`/`attn_k` of `llama` files).
+    fn unpermute_heads(&self, gguf_name: &str) -> Option<usize> {
+        match self.unpermute {
+            Some((nh, _)) if gguf_name.contains(".attn_q.") => Some(nh),
+            Some((_, nkv)) if gguf_name.contains(".attn_k.") => Some(nkv),
+            _ => None,
+        }
+    }
+
+    /// One matrix as stored, when its type is one [`QuantMatrix`] multiplies (`None`
+    /// otherwise, or when the file lacks it), rows un-permuted like [`TensorSource::load`].
+    fn quant_matrix(&self, hf_name: &str) -> Result<Option<QuantMatrix>> {
+        let Some(gname) = gguf_name(hf_name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.tensor_info(&gname) else {
+            return Ok(None);
+        };
+        let &[rows, cols] = info.shape.as_slice() else {
+            return Ok(None);
+        };
+        if !QuantMatrix::supports(info.dtype) {
+            return Ok(None);
+        }
+        let (_, bytes) = self.file.tensor_bytes(&gname)?;
+        let err = |m: String| model_err(format!("{}, tensor {gname}: {m}", self.origin()));
+        let q = QuantMatrix::from_gguf(info.dtype, rows, cols, &bytes).map_err(err)?;
+        match self.unpermute_heads(&gname) {
+            Some(heads) => {
+                let order = unpermute_order(rows, heads).ok_or_else(|| {
+                    err(format!(
+                        "{rows} rows cannot be split into {heads} heads of even width"
+                    ))
+                })?;
+                Ok(Some(q.reorder_rows(&order).map_err(err)?))
+            }
+            None => Ok(Some(q)),
+        }
+    }
+
+    /// The model's projection and head matrices as stored in the file, for
+    /// [`Llama::with_quantized_decode`]: every matrix stored as Q4_0, Q4_1 or Q8_0; the
+    /// others keep their `f32` weights (see [`QuantDecode::coverage`]).
+    pub fn quantized_decode(&self, config: &LlamaConfig) -> Result<QuantDecode> {
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let m = |module: &str| self.quant_matrix(&hf::layer(i, &format!("{module}.weight")));
+            layers.push(QuantLayer {
+                q_proj: m("self_attn.q_proj")?,
+                k_proj: m("self_attn.k_proj")?,
+                v_proj: m("self_attn.v_proj")?,
+                o_proj: m("self_attn.o_proj")?,
+                gate_proj: m("mlp.gate_proj")?,
+                up_proj: m("mlp.up_proj")?,
+                down_proj: m("mlp.down_proj")?,
+            });
+        }
+        let head = if config.tie_word_embeddings {
+            self.quant_matrix(hf::EMBED)?
+        } else {
+            self.quant_matrix(hf::LM_HEAD)?
+        };
+        Ok(QuantDecode { layers, head })
+    }
 }
 
 impl TensorSource for GgufWeights<'_> {
@@ -207,12 +284,7 @@ impl TensorSource for GgufWeights<'_> {
             return Ok(None);
         }
         let (shape, data) = self.file.tensor_f32(&gname)?;
-        let heads = match self.unpermute {
-            Some((nh, _)) if gname.contains(".attn_q.") => Some(nh),
-            Some((_, nkv)) if gname.contains(".attn_k.") => Some(nkv),
-            _ => None,
-        };
-        let data = match heads {
+        let data = match self.unpermute_heads(&gname) {
             Some(heads) => {
                 let rows = shape.first().copied().unwrap_or(0);
                 unpermute_rows(&data, rows, heads).ok_or_else(|| {
@@ -449,6 +521,14 @@ impl<B: Backend> Llama<B> {
     /// Opens a GGUF file and loads its model.
     pub fn from_gguf_path(path: &Path, device: &B::Device) -> Result<Self> {
         Self::from_gguf(&GgufFile::open(path)?, device)
+    }
+
+    /// [`Llama::from_gguf`], with the matrices stored as Q4_0, Q4_1 or Q8_0 also kept as
+    /// stored for decode steps ([`Llama::with_quantized_decode`]; for CPU backends).
+    pub fn from_gguf_quantized(file: &GgufFile, device: &B::Device) -> Result<Self> {
+        let model = Self::from_gguf(file, device)?;
+        let quant = GgufWeights::new(file, model.config()).quantized_decode(model.config())?;
+        model.with_quantized_decode(quant)
     }
 }
 

@@ -288,3 +288,27 @@ fn gguf_random_corruption_never_panics() {
         }
     }
 }
+
+/// The block formats decode steps multiply as stored unpack to the same weights as the
+/// reader's dequantisation (gguf-py's values, checked above).
+#[test]
+fn quantized_matrices_unpack_like_the_dequantiser() {
+    use cielr_planner::quant::QuantMatrix;
+    let g = GgufFile::open(&fixture("gguf_tiny.gguf")).unwrap();
+    for name in ["quant.q8_0", "quant.q4_0", "quant.q4_1"] {
+        let (info, bytes) = g.tensor_bytes(name).unwrap();
+        let (rows, cols) = (info.shape[0], info.shape[1]);
+        let q = QuantMatrix::from_gguf(info.dtype, rows, cols, &bytes).unwrap();
+        let (_, want) = g.tensor_f32(name).unwrap();
+        let got = q.dequantize();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs() / b.abs().max(1e-3)));
+        assert!(err < 1e-6, "{name}: max relative error {err}");
+    }
+    // K-quants are not multiplied as stored (they keep the dequantised f32 weights).
+    let info = g.tensor_info("quant.q4_k").unwrap();
+    assert!(!QuantMatrix::supports(info.dtype));
+}

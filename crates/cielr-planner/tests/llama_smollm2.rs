@@ -98,3 +98,59 @@ fn local_llm_answers_free_choice_and_json_requests() {
     let v = json.parse(&answer).unwrap();
     assert!(v["capital"].as_str().unwrap().contains("Paris"), "{answer}");
 }
+
+/// Decode steps with the matrices as stored (Q4_1 layers, Q8_0 head) against the same model
+/// with every weight dequantised to f32: the same greedy continuation as transformers, and
+/// per-step logits equal up to summation order; for one row and for a batch of two.
+#[test]
+fn smollm2_quantized_decode_matches_f32_decode() {
+    let path = smollm2_gguf_path().unwrap_or_else(|e| panic!("real-models test: {e}"));
+    let file = GgufFile::open(&path).unwrap();
+    let device = Default::default();
+    let exact = Llama::<CpuBackend>::from_gguf(&file, &device).unwrap();
+    let quant = Llama::<CpuBackend>::from_gguf_quantized(&file, &device).unwrap();
+    let q = quant
+        .quantized_decode()
+        .expect("quantised weights attached");
+    let (covered, total) = q.coverage();
+    assert_eq!(
+        covered, total,
+        "every projection and the head are Q4_1/Q8_0"
+    );
+    eprintln!(
+        "{covered}/{total} matrices as stored, {:.1} MB read per decode step",
+        q.weight_bytes() as f64 / 1e6
+    );
+
+    let r = reference_file(&fixture("llama-smollm2-reference.safetensors"));
+    let (mut ce, mut cq) = (exact.new_cache(), quant.new_cache());
+    let mut le = exact.next_token_logits(&r.input_ids, &mut ce).unwrap();
+    let mut lq = quant.next_token_logits(&r.input_ids, &mut cq).unwrap();
+    // The prompt's layers run on the f32 weights (more than 8 rows); the head on its last
+    // position reads the Q8_0 embedding as stored.
+    let mut worst = errors(&lq, &le).0;
+    let mut tokens = Vec::new();
+    for _ in 0..r.greedy_ids.len() {
+        let next = cielr_planner::generate::Sampler::argmax(&lq).unwrap();
+        tokens.push(next);
+        le = exact.next_token_logits(&[next], &mut ce).unwrap();
+        lq = quant.next_token_logits(&[next], &mut cq).unwrap();
+        worst = worst.max(errors(&lq, &le).0);
+    }
+    eprintln!("quantised vs f32 decode logits: max abs {worst:.2e}");
+    assert!(worst < 1e-3, "max abs difference {worst}");
+    assert_eq!(tokens, r.greedy_ids, "greedy continuation");
+
+    // A batch of two rows: products of two input rows at once.
+    let prompts: [&[u32]; 2] = [&r.input_ids, &r.input_ids[..r.input_ids.len() - 3]];
+    let (mut ce, mut cq) = (exact.new_cache(), quant.new_cache());
+    exact.prefill_batch(&prompts, &mut ce).unwrap();
+    quant.prefill_batch(&prompts, &mut cq).unwrap();
+    let step = [r.greedy_ids[0], r.greedy_ids[1]];
+    let be = exact.decode_batch(&step, &mut ce).unwrap();
+    let bq = quant.decode_batch(&step, &mut cq).unwrap();
+    for (row, (a, b)) in be.iter().zip(&bq).enumerate() {
+        let (abs, _) = errors(b, a);
+        assert!(abs < 1e-3, "batch row {row}: max abs difference {abs}");
+    }
+}
