@@ -5,10 +5,13 @@
 # same weights and inputs on the same DEVICE; ends with one table (tools/gpu/table.py).
 #
 # Usage: tools/gpu/check.sh [--device cpu|cuda] [--size reduced|full] [--only a,b,...]
-#                           [--repeats N] [--out DIR] [--bin PATH]
-#   models: llm clip owlv2 sam depth unet vae lama (default: all, in that order)
-#   --bin   our binary (default: target/gpu-carry/gpu_check if present, else
-#           target/release/examples/gpu_check, built if missing)
+#                           [--repeats N] [--out DIR] [--bin PATH] [--no-half]
+#   models: llm clip owlv2 sam sam-decoder depth unet vae lama e2e (default: all, in that
+#           order; e2e is the time-only end-to-end edit, see tools/gpu/README.md)
+#   --no-half  skip our half-precision runs (by default each model but e2e runs a second time
+#           in half precision: f16 on CUDA, bf16 on CPU, the dtype torch's half rows use)
+#   --bin   our binary (default: with --device cuda target/gpu-carry/gpu_check if present,
+#           else target/release/examples/gpu_check, built if missing)
 #   --out   work folder (default: /tmp/cielr-gpu-check; checkpoints at full size need ~12 GB)
 # Environment: PYTHON (default: python3, or /work/venv-diff/bin/python where it exists: torch,
 #   transformers 5, diffusers 0.42, safetensors, PyYAML), LAMA_REPO (LaMa sources; default
@@ -18,7 +21,7 @@
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$repo"
-device=cpu size=reduced only="" repeats=5 out=/tmp/cielr-gpu-check bin=""
+device=cpu size=reduced only="" repeats=5 out=/tmp/cielr-gpu-check bin="" half=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) device="$2"; shift 2 ;;
@@ -27,20 +30,24 @@ while [ $# -gt 0 ]; do
         --repeats) repeats="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --no-half) half=0; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 case "$device" in cpu|cuda) ;; *) echo "--device cpu|cuda" >&2; exit 2 ;; esac
 case "$size" in reduced|full) ;; *) echo "--size reduced|full" >&2; exit 2 ;; esac
 models="${only//,/ }"
-[ -n "$models" ] || models="llm clip owlv2 sam depth unet vae lama"
+[ -n "$models" ] || models="llm clip owlv2 sam sam-decoder depth unet vae lama e2e"
+if [ "$device" = cuda ]; then halfp=f16; else halfp=bf16; fi
 
 if [ -z "${PYTHON:-}" ]; then
     if [ -x /work/venv-diff/bin/python ]; then PYTHON=/work/venv-diff/bin/python; else PYTHON=python3; fi
 fi
 if [ -z "$bin" ]; then
-    if [ -x target/gpu-carry/gpu_check ]; then bin=target/gpu-carry/gpu_check
+    # The carried (CUDA) build only for --device cuda: on this machine it may be older than
+    # the sources (prepare.sh is run once, before a device session).
+    if [ "$device" = cuda ] && [ -x target/gpu-carry/gpu_check ]; then bin=target/gpu-carry/gpu_check
     else
         bin=target/release/examples/gpu_check
         if [ ! -x "$bin" ]; then
@@ -87,6 +94,21 @@ for m in $models; do
         continue
     fi
     cat "$d/ours.log"
+    # Ours in half precision (same weights, cast at load): a failure here is a "not run" half
+    # row with its reason, not a failed model. e2e is timed in f32 only.
+    if [ "$half" = 1 ] && [ "$m" != e2e ]; then
+        if timeout "$tmo" "$bin" "$m" "$d" --device "$device" --repeats "$repeats" --precision "$halfp" > "$d/ours-half.log" 2>&1; then
+            cat "$d/ours-half.log"
+        else
+            rc=$?
+            echo "ours $halfp failed (see $d/ours-half.log):"; tail -3 "$d/ours-half.log"
+            reason="$(grep -m1 -E "error|panicked" "$d/ours-half.log" || tail -1 "$d/ours-half.log")"
+            [ "$rc" = 124 ] && reason="timed out after $tmo s"
+            echo "$halfp run failed: $reason" > "$d/ours-half-failed"
+        fi
+    elif [ "$m" != e2e ]; then
+        echo "not run (--no-half)" > "$d/ours-half-failed"
+    fi
     # The checkpoint is not needed any more: keep the disk free at full size.
     find "$d" -name '*.safetensors' ! -name reference.safetensors ! -name inputs.safetensors -delete
     echo "== $m done in $((SECONDS - t0)) s"

@@ -3,7 +3,8 @@
 
     ref.py MODEL SIZE DEVICE OUT_DIR [REPEATS]
 
-MODEL: clip | owlv2 | sam | depth | unet | vae | lama | llm.  SIZE: reduced | full.
+MODEL: clip | owlv2 | sam | sam-decoder | depth | unet | vae | lama | llm | e2e.
+SIZE: reduced | full.
 DEVICE: cpu | cuda.  Builds the model with the reference library (transformers, diffusers,
 LaMa's own module code) from a fixed seed with random weights, writes its checkpoint in the
 format cielr loads (config.json + safetensors) and `inputs.safetensors`, runs it on DEVICE in
@@ -12,6 +13,12 @@ median of REPEATS) in f32 and in half precision (fp16 on CUDA, bf16 on CPU) and 
 `torch.json`: one row per (name, precision) with torch_ms and, for half, the half output's
 max abs / rel error against the f32 output.  Nothing big is committed or carried: everything is
 generated at run time.
+
+A case may split its outputs over several rows (`sam-decoder`: mask logits and IoU scores);
+the first row carries the case's time, the others `torch_ms: null`.  `e2e` only writes the
+random-weight checkpoints of the whole CIELR edit (OWLv2, SAM, Depth Anything V2, SD inpainting,
+the LLM's config.json: our side initialises the LLM's random weights itself) and the image;
+it runs nothing in torch (a time-only row on our side).
 """
 
 import copy
@@ -134,9 +141,10 @@ def build_owlv2(size, out):
     return [("owlv2-vision", m, fn)], {"pixel_values": x}
 
 
-def build_sam(size, out):
+def sam_model(size, out):
+    """A random SamModel (ViT-B at full size), its checkpoint and preprocessor config in `out`."""
     from transformers import SamConfig, SamModel
-    if size == "full":  # facebook/sam-vit-base image encoder, 1024x1024
+    if size == "full":  # facebook/sam-vit-base, 1024x1024
         vc = dict()
     else:
         vc = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64,
@@ -158,9 +166,36 @@ def build_sam(size, out):
         "pad_size": {"height": s, "width": s}, "do_pad": True, "do_normalize": True,
         "do_rescale": True, "rescale_factor": 1 / 255, "do_resize": True,
         "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}, indent=1))
+    return m, cfg
+
+
+def build_sam(size, out):
+    m, cfg = sam_model(size, out)
+    s = cfg.vision_config.image_size
     x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(3))
     return [("sam-encoder", m, lambda m, i: {"image_embeddings": m.get_image_embeddings(i["pixel_values"])})], \
         {"pixel_values": x}
+
+
+def build_sam_decoder(size, out):
+    """Prompt encoder + mask decoder on given image embeddings: a batch of one-point prompts
+    (64 at full size), multimask output; low-resolution logits and IoU predictions."""
+    m, cfg = sam_model(size, out)
+    s = cfg.vision_config.image_size
+    c, g = cfg.mask_decoder_config.hidden_size, cfg.prompt_encoder_config.image_embedding_size
+    n = 64 if size == "full" else 4
+    gen = torch.Generator().manual_seed(8)
+    inputs = {"image_embeddings": torch.randn(1, c, g, g, generator=gen),
+              # points in the model's input frame (what SamProcessor hands the model)
+              "input_points": torch.rand(1, n, 1, 2, generator=gen) * s,
+              # labels travel as f32 (the harness's inputs are f32); 1 = foreground
+              "input_labels": torch.ones(1, n, 1)}
+
+    def fn(m, i):
+        o = m(image_embeddings=i["image_embeddings"], input_points=i["input_points"],
+              input_labels=i["input_labels"].long(), multimask_output=True)
+        return {"pred_masks": o.pred_masks[0], "iou_scores": o.iou_scores[0]}
+    return [("sam-decoder", m, fn, {"sam-decoder": "pred_masks", "sam-decoder-iou": "iou_scores"})], inputs
 
 
 def build_depth(size, out):
@@ -275,7 +310,141 @@ def build_llm(size, out):
         {"prompt": prompt, "decode": decode}
 
 
+def build_e2e(size, out, dev):
+    """Random-weight checkpoints of the whole CIELR edit for our side's `e2e` timing (nothing
+    runs in torch).  Full size: OWLv2 large/14 at 1008 (the paper's detector), SAM ViT-B
+    (the harness's SAM; the paper uses SAM 2.1 hiera-large), Depth Anything V2 large (ViT-L,
+    518), SD-1.5 inpainting (UNet, VAE, CLIP ViT-L/14 text encoder, 77 tokens) and the
+    config.json of a Qwen2.5-1.5B-shaped LLM (our side initialises its random weights: a 6 GB
+    checkpoint would cost more time to write and read than the edit itself).  The tokenizers
+    are the repository's tiny test fixtures (token ids only have to be in range).  Returns
+    the run's settings for torch.json."""
+    import shutil
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPTextConfig, CLIPTextModel, Owlv2Config, Owlv2ForObjectDetection, Qwen2Config
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    import depth_anything as da
+    import diffusers_sched_vae as dv
+    import diffusers_unet as du
+    full = size == "full"
+    fixtures = ROOT / "crates"
+    owl_fx = fixtures / "cielr-scene/tests/fixtures/owlv2-tiny"
+    sd_fx = fixtures / "cielr-diffusion/tests/fixtures/sd-inpaint-tiny"
+
+    def on_device(make):
+        # Random init on the accelerator: seconds instead of minutes at full size.
+        try:
+            with torch.device(dev):
+                return make()
+        except Exception:
+            return make()
+
+    # OWLv2
+    if full:
+        ocfg = Owlv2Config(
+            text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                             num_hidden_layers=12, vocab_size=49408),
+            vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+                               num_hidden_layers=24, image_size=1008, patch_size=14),
+            projection_dim=768)
+    else:
+        ocfg = Owlv2Config(
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, vocab_size=133, max_position_embeddings=16),
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, image_size=64, patch_size=16),
+            projection_dim=32)
+    seed_all(1)
+    d = out / "owlv2"
+    on_device(lambda: Owlv2ForObjectDetection(ocfg)).eval().save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(owl_fx / f, d / f)
+    pp = json.loads((owl_fx / "preprocessor_config.json").read_text())
+    s = ocfg.vision_config.image_size
+    pp["size"] = {"height": s, "width": s}
+    (d / "preprocessor_config.json").write_text(json.dumps(pp, indent=1))
+
+    # SAM (perturbed as in the sam rows, so no output is a constant)
+    sam_model(size, out / "sam")
+
+    # Depth Anything V2
+    d = out / "depth"
+    if full:
+        hidden, heads, neck, fusion = da.VARIANTS["large"]
+        m = da.build(hidden, heads, 24, [5, 12, 18, 24], 518, neck, fusion, 32, seed=1)
+        pp = dict(da.PREPROCESSOR_518)
+    else:
+        m = da.build(64, 2, 4, [1, 2, 3, 4], 112, [16, 32, 64, 64], 32, 16, seed=1)
+        pp = dict(da.PREPROCESSOR_518, size={"height": 112, "width": 112})
+    m.save_pretrained(d)
+    (d / "preprocessor_config.json").write_text(json.dumps(pp, indent=1))
+    del m
+
+    # SD inpainting
+    d = out / "sd"
+    tok_vocab = len(json.loads((sd_fx / "tokenizer/tokenizer.json").read_text())["model"]["vocab"])
+    if full:
+        ucfg, vcfg = du.SD15_INPAINTING_UNET, dv.SD_VAE
+        tcfg = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                              num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                              hidden_act="quick_gelu", bos_token_id=tok_vocab - 2, eos_token_id=tok_vocab - 1,
+                              pad_token_id=tok_vocab - 1)
+    else:
+        ucfg = dict(du.CONFIGS["unet-tiny-sd15"], block_out_channels=[16, 32], norm_num_groups=8,
+                    cross_attention_dim=16, attention_head_dim=8)
+        vcfg = dict(dv.SD_VAE, block_out_channels=[16, 32], norm_num_groups=8, layers_per_block=1,
+                    down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+        tcfg = CLIPTextConfig(vocab_size=tok_vocab, hidden_size=16, intermediate_size=32,
+                              num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+                              hidden_act="quick_gelu", bos_token_id=tok_vocab - 2, eos_token_id=tok_vocab - 1,
+                              pad_token_id=tok_vocab - 1)
+    seed_all(3)
+    on_device(lambda: UNet2DConditionModel(**ucfg)).eval().save_pretrained(
+        d / "unet", safe_serialization=True, max_shard_size="100GB")
+    on_device(lambda: AutoencoderKL(**vcfg)).eval().save_pretrained(d / "vae", safe_serialization=True)
+    te = on_device(lambda: CLIPTextModel(tcfg)).eval()
+    te.save_pretrained(d / "text_encoder")
+    for f in (d / "text_encoder").glob("*.safetensors"):
+        f.unlink()
+    # Published SD checkpoints name the weights `text_model.*` (transformers 5 drops the prefix).
+    save_file({(k if k.startswith("text_model.") else "text_model." + k): v.detach().cpu().contiguous()
+               for k, v in te.state_dict().items()}, str(d / "text_encoder" / "model.safetensors"))
+    del te
+    shutil.copytree(sd_fx / "tokenizer", d / "tokenizer")
+    shutil.copytree(sd_fx / "scheduler", d / "scheduler")
+    shutil.copy(sd_fx / "model_index.json", d / "model_index.json")
+
+    # LLM: config only (Qwen2.5-1.5B dimensions at full size)
+    if full:
+        lcfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
+                           num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                           max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                           tie_word_embeddings=True)
+        prompt, generate = 256, 32
+    else:
+        lcfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=256, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                           tie_word_embeddings=True)
+        prompt, generate = 16, 4
+    (out / "llm").mkdir(parents=True, exist_ok=True)
+    lcfg.to_json_file(str(out / "llm" / "config.json"))
+
+    # The image: smooth random colours, 512x512 (64x64 reduced)
+    n = 512 if full else 64
+    g = torch.Generator().manual_seed(9)
+    low = torch.rand(1, 3, 8, 8, generator=g)
+    img = torch.nn.functional.interpolate(low, size=(n, n), mode="bilinear", align_corners=False)[0]
+    Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(out / "image.png")
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"prompt": prompt, "generate": generate, "rounds": 2, "steps": 20,
+            "queries": ["cat", "dog", "chair", "lamp"], "image_size": n}
+
+
 BUILDERS = dict(clip=build_clip, owlv2=build_owlv2, sam=build_sam, depth=build_depth,
+                **{"sam-decoder": build_sam_decoder}, e2e=None,
                 unet=build_unet, vae=build_vae, lama=build_lama, llm=build_llm)
 
 
@@ -287,33 +456,51 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     t0 = time.perf_counter()
+    if name == "e2e":
+        meta = build_e2e(size, out, dev)
+        meta.update({"model": name, "size": size, "device": device, "torch": torch.__version__,
+                     "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
+                     "rows": [{"name": "e2e", "precision": "f32", "torch_ms": None, "time_only": True}]})
+        (out / "torch.json").write_text(json.dumps(meta, indent=1) + "\n")
+        print(f"[torch] e2e {size}: random-weight checkpoints written in {time.perf_counter() - t0:.1f} s "
+              "(time-only row: no torch run)")
+        return
     built = BUILDERS[name](size, out)
     cases, inputs = built[0], built[1]
     meta = built[2] if len(built) > 2 else {}
     save_file({k: v.contiguous() for k, v in inputs.items()}, str(out / "inputs.safetensors"))
     dev_inputs = {k: v.to(dev) for k, v in inputs.items()}
     refs, rows = {}, []
-    for row, model, fn in cases:
+    for case in cases:
+        row, model, fn = case[:3]
+        # row name -> output key; by default one row over every output of the case
+        split = case[3] if len(case) > 3 else None
         model = model.to(dev).float()
         with torch.inference_mode():
             ref = fn(model, dev_inputs)
         refs.update({k: v.float().cpu().contiguous() for k, v in ref.items()})
         ms = timed_ms(lambda: fn(model, dev_inputs), dev, repeats)
-        rows.append({"name": row, "precision": "f32", "torch_ms": ms})
+        names = list(split) if split else [row]
+        for k, r in enumerate(names):
+            rows.append({"name": r, "precision": "f32", "torch_ms": ms if k == 0 else None})
         hd = half_dtype(dev)
+        hname = str(hd).replace("torch.", "")
         try:
             hmodel = copy.deepcopy(model).to(hd)  # a copy: `.to` in place would round the f32 weights
             h_in = {k: (v.to(hd) if k != "input_ids" else v) for k, v in dev_inputs.items()}
             with torch.inference_mode():
                 hout = fn(hmodel, h_in)
-            ha, hr = max((errors(hout[k], ref[k]) for k in ref), key=lambda e: e[0])
             hms = timed_ms(lambda: fn(hmodel, h_in), dev, repeats)
-            rows.append({"name": row, "precision": str(hd).replace("torch.", ""), "torch_ms": hms,
-                         "torch_half_vs_f32_abs": ha, "torch_half_vs_f32_rel": hr})
+            for k, r in enumerate(names):
+                keys = [split[r]] if split else list(ref)
+                ha, hr = max((errors(hout[key], ref[key]) for key in keys), key=lambda e: e[0])
+                rows.append({"name": r, "precision": hname, "torch_ms": hms if k == 0 else None,
+                             "torch_half_vs_f32_abs": ha, "torch_half_vs_f32_rel": hr})
             del hmodel
         except Exception as e:  # a reference op without half support: reported, not hidden
-            rows.append({"name": row, "precision": str(hd).replace("torch.", ""),
-                         "error": f"torch half failed: {type(e).__name__}: {e}"[:200]})
+            for r in names:
+                rows.append({"name": r, "precision": hname,
+                             "error": f"torch half failed: {type(e).__name__}: {e}"[:200]})
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     # Decode time per token: (prefill + decode loop - prefill) / tokens, as gpu_check measures.

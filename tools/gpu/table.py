@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Joins each model folder's torch.json (tools/gpu/ref.py) and ours.json (gpu_check) into one
-Markdown table and checks the f32 tolerance.
+"""Joins each model folder's torch.json (tools/gpu/ref.py) and ours.json / ours-<half>.json
+(gpu_check) into one Markdown table and checks the f32 tolerance.
 
     table.py DEVICE SIZE DIR...
 
-f32 rows pass when max abs error <= TOL * max |reference| (TOL = 1e-3, $GPU_CHECK_TOL);
-half rows list torch's half-precision time and its own error against torch f32 (ours runs
-f32 only for now). Exit status 1 when a model failed or an f32 row is out of tolerance.
+f32 rows pass when max abs error <= TOL * max |reference| (TOL = 1e-3, $GPU_CHECK_TOL).
+Half rows (fp16 on CUDA, bf16 on CPU: the same dtype on both sides) give our half output's
+error against the torch f32 reference, our and torch's half times, and torch's own half error
+against its f32 output for scale; a non-finite half output fails, an error more than
+HALF_WARN (10) times torch's is marked HIGH (not a failure: half error depends on the
+model's value ranges, this is a measurement).  A half row that did not run says why
+("not run: ..."), from the folder's `ours-half-failed`.  Time-only rows (`e2e`: no reference)
+list our stage times.  Exit status 1 when a model failed, an f32 row is out of tolerance or a
+half output is non-finite.
 """
 import json
 import os
@@ -14,6 +20,8 @@ import sys
 from pathlib import Path
 
 TOL = float(os.environ.get("GPU_CHECK_TOL", "1e-3"))
+HALF_WARN = 10.0
+SHORT = {"float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16": "bf16"}
 
 
 def fmt(v, spec):
@@ -32,25 +40,59 @@ def main():
             lines.append(f"| {name} | — | — | — | — | — | — | — | FAILED: {(d / 'failed').read_text().strip()[:120]} |")
             bad += 1
             continue
-        torch_rows = json.loads((d / "torch.json").read_text())
-        gpu = gpu or torch_rows.get("gpu")
-        ours = {(r["name"], r["precision"]): r for r in json.loads((d / "ours.json").read_text())["rows"]}
-        for t in torch_rows["rows"]:
-            o = ours.get((t["name"], t["precision"]))
+        torch_meta = json.loads((d / "torch.json").read_text())
+        gpu = gpu or torch_meta.get("gpu")
+        ours = {}
+        for f in sorted(d.glob("ours*.json")):
+            for r in json.loads(f.read_text())["rows"]:
+                ours[(r["name"], SHORT.get(r["precision"], r["precision"]))] = r
+        half_failed = (d / "ours-half-failed").read_text().strip() if (d / "ours-half-failed").exists() else None
+        for t in torch_meta["rows"]:
+            prec = SHORT.get(t["precision"], t["precision"])
+            if t.get("time_only"):
+                rows = [r for r in ours.values() if r.get("time_only")]
+                if not rows:
+                    lines.append(f"| {t['name']} | {prec} | — | — | — | — | — | — | FAILED: no time-only rows from ours |")
+                    bad += 1
+                for r in rows:
+                    lines.append(f"| {r['name']} | {prec} | — | — | — | {fmt(r.get('ours_ms'), '.1f')} | — | — | "
+                                 f"time only, random weights, no torch side: {r.get('note', '')} |")
+                continue
+            o = ours.get((t["name"], prec))
             tm = t.get("torch_ms")
             if o is not None:
-                scaled = o["max_abs"] / max(o["ref_max_abs"], 1e-12)
-                ok = scaled <= TOL
-                bad += not ok
-                lines.append(f"| {t['name']} | {t['precision']} | {o['max_abs']:.2e} | {o['max_rel']:.2e} | "
-                             f"{scaled:.1e} | {o['ours_ms']:.2f} | {fmt(tm, '.2f')} | "
-                             f"{fmt(o['ours_ms'] / tm if tm else None, '.2f')} | {'ok' if ok else 'OUT OF TOLERANCE'} |")
+                om = o.get("ours_ms")
+                finite = o.get("max_abs") is not None
+                scaled = o["max_abs"] / max(o["ref_max_abs"], 1e-12) if finite else float("inf")
+                ratio = fmt(om / tm if (om is not None and tm) else None, ".2f")
+                ma = fmt(o.get("max_abs"), ".2e") if finite else "non-finite"
+                mr = fmt(o.get("max_rel"), ".2e") if finite else "non-finite"
+                om_s = fmt(om, ".2f") if om is not None else "(above)"
+                tm_s = fmt(tm, ".2f") if tm is not None else ("(above)" if om is None else "—")
+                if prec == "f32":
+                    ok = scaled <= TOL
+                    bad += not ok
+                    note = "ok" if ok else "OUT OF TOLERANCE"
+                else:
+                    ta = t.get("torch_half_vs_f32_abs")
+                    tscaled = ta / max(o["ref_max_abs"], 1e-12) if (ta is not None and finite) else None
+                    bad += not finite
+                    high = finite and tscaled is not None and scaled > HALF_WARN * max(tscaled, 1e-7)
+                    torch_half = (t["error"][:90] if "error" in t else
+                                  f"torch half vs torch f32: abs {fmt(ta, '.2e')} ({fmt(tscaled, '.1e')} of max\\|ref\\|)")
+                    note = ("NON-FINITE " if not finite else "HIGH " if high else "") + \
+                        f"ours half vs f32 ref; {torch_half}"
+                lines.append(f"| {t['name']} | {prec} | {ma} | {mr} | {scaled:.1e} | {om_s} | {tm_s} | {ratio} | {note} |")
             elif "error" in t:
-                lines.append(f"| {t['name']} | {t['precision']} | — | — | — | — | — | — | {t['error'][:100]} |")
+                lines.append(f"| {t['name']} | {prec} | — | — | — | — | — | — | {t['error'][:100]} |")
+            elif prec == "f32":
+                lines.append(f"| {t['name']} | f32 | — | — | — | — | {fmt(tm, '.2f')} | — | FAILED: no row from ours |")
+                bad += 1
             else:
-                lines.append(f"| {t['name']} | {t['precision']} (torch only) | "
+                why = half_failed or "ours half not run (check.sh --no-half)"
+                lines.append(f"| {t['name']} | {prec} (torch only) | "
                              f"{fmt(t.get('torch_half_vs_f32_abs'), '.2e')} | {fmt(t.get('torch_half_vs_f32_rel'), '.2e')} | — | — | "
-                             f"{fmt(tm, '.2f')} | — | torch half vs torch f32; ours half not wired |")
+                             f"{fmt(tm, '.2f')} | — | torch half vs torch f32; ours not run: {why[:100]} |")
     print(f"\nGPU check: device {device}{' (' + gpu + ')' if gpu else ''}, size {size}, "
           f"f32 tolerance max abs <= {TOL:g} x max|ref|")
     print("\n".join(lines))
