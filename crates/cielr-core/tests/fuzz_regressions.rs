@@ -3,9 +3,7 @@
 //! hand-written ones for the limits (decompression bombs, huge declared sizes). A counting
 //! allocator checks that rejected inputs are rejected before anything large is allocated.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cielr_core::io::{load_gray, load_rgb};
 use cielr_core::mask::decode_rle_string;
@@ -13,78 +11,10 @@ use cielr_core::scene::MAX_SSR_MASK_PIXELS;
 use cielr_core::weights::TensorStore;
 use cielr_core::{CoreError, Mask, Plan, Scene};
 
-/// The system allocator, recording the largest single allocation per thread.
-struct PeakAlloc;
+#[path = "support/fuzz_support.rs"]
+mod fuzz_support;
 
-thread_local! {
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = PEAK.try_with(|p| {
-        if size > p.get() {
-            p.set(size);
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static ALLOC: PeakAlloc = PeakAlloc;
-
-/// Runs `f` and returns its result with the largest single allocation it made on this thread.
-fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    PEAK.with(|p| p.set(0));
-    let out = f();
-    (out, PEAK.with(Cell::get))
-}
-
-const MIB: usize = 1 << 20;
-
-fn fixtures(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/fuzz-regressions")
-        .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} holds no inputs", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let b = std::fs::read(&p).unwrap();
-            (p, b)
-        })
-        .collect()
-}
-
-fn scratch(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cielr-fuzz-regressions-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
+use fuzz_support::{fixtures, peak_during, scratch, MIB};
 
 // ---------------------------------------------------------------- images
 

@@ -2,48 +2,14 @@
 //! and against the shard bytes before anything is allocated from them, shard paths cannot
 //! leave the model folder, and malformed manifests fail with an error that says what is wrong.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::PathBuf;
 
 use cielr_scene::tfjs::{ModelManifest, TfjsModel};
 
-struct PeakAlloc;
+#[path = "../../cielr-core/tests/support/fuzz_support.rs"]
+mod fuzz_support;
 
-thread_local! {
-    static PEAK: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(size: usize) {
-    let _ = PEAK.try_with(|p| {
-        if size > p.get() {
-            p.set(size);
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static ALLOC: PeakAlloc = PeakAlloc;
-
-const MIB: usize = 1 << 20;
+use fuzz_support::{peak_during, MIB};
 
 /// A one-node graph model whose manifest holds `weights` (JSON) in shards `paths`.
 fn model_json(paths: &str, weights: &str) -> String {
@@ -57,9 +23,7 @@ fn model_json(paths: &str, weights: &str) -> String {
 /// Builds from bytes, expecting an error containing `expected`, with no allocation of a
 /// mebibyte or more on the way.
 fn refused(json: &str, shards: &[Vec<u8>], expected: &str) {
-    PEAK.with(|p| p.set(0));
-    let result = TfjsModel::from_bytes(json.as_bytes(), shards);
-    let peak = PEAK.with(Cell::get);
+    let (result, peak) = peak_during(|| TfjsModel::from_bytes(json.as_bytes(), shards));
     let msg = result.expect_err(expected).to_string();
     assert!(msg.contains(expected), "expected {expected:?}: {msg}");
     assert!(
@@ -213,11 +177,8 @@ fn shards_that_disagree_with_the_manifest_are_refused_before_reading() {
     );
     std::fs::write(dir.join("model.json"), json).unwrap();
     std::fs::write(dir.join("w.bin"), [0u8; 16]).unwrap();
-    PEAK.with(|p| p.set(0));
-    let msg = TfjsModel::load(dir.join("model.json"))
-        .unwrap_err()
-        .to_string();
-    let peak = PEAK.with(Cell::get);
+    let (result, peak) = peak_during(|| TfjsModel::load(dir.join("model.json")));
+    let msg = result.unwrap_err().to_string();
     assert!(
         msg.contains("the shards hold 16 bytes but the manifest declares 4000000"),
         "{msg}"

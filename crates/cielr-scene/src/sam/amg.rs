@@ -8,12 +8,17 @@
 //! masks are thresholded at logit 0, boxes are inclusive `[x0, y0, x1, y1]` pixel extents,
 //! NMS is torchvision's (stable descending sort, suppress IoU > threshold, f32 arithmetic),
 //! connected components are 8-connected. Parity: `tests/sam_amg_parity.rs`.
+//!
+//! The generator is shared with SAM 2.1 ([`crate::sam2::amg`]): [`AutomaticMaskGenerator`] is
+//! generic over [`AmgModel`], what differs between the models (the image embedding, decoding
+//! the points, the threshold and upscaling of the logits, and SAM 2.1's `use_m2m` refinement).
 
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
 use cielr_core::mask::Mask;
 use image::DynamicImage;
 
-use super::{SamModel, SamPrompt};
+use super::{ImageEmbedding, SamModel, SamPrompt};
 use crate::error::{Result, SceneError};
 
 /// Settings of the generator; [`Default`] is the official defaults.
@@ -272,7 +277,7 @@ fn near_crop_edge(b: [i64; 4], crop: [usize; 4], orig: [usize; 4]) -> bool {
 
 /// 8-connected components of `fg` pixels (`w x h`, row-major), labelled 1.. in raster order
 /// of their first pixel; returns the labels (0 elsewhere) and each label's size.
-fn components(fg: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<usize>) {
+pub(crate) fn components(fg: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<usize>) {
     let mut labels = vec![0u32; w * h];
     let mut sizes = vec![0usize];
     let mut stack = Vec::new();
@@ -365,37 +370,157 @@ fn xywh(b: [f64; 4]) -> [f64; 4] {
     [b[0], b[1], b[2] - b[0], b[3] - b[1]]
 }
 
-/// The generator over a loaded model.
+/// Candidate masks decoded for one batch of prompt points, before any filtering.
+#[derive(Debug, Clone)]
+pub struct PointMasks {
+    /// Low-resolution logits, `[k, h, w]` row-major.
+    pub low_res: Vec<f32>,
+    /// `(h, w)` of one low-resolution plane.
+    pub low_res_size: (usize, usize),
+    /// The predicted IoU of each of the `k` candidates.
+    pub iou: Vec<f32>,
+    /// Candidates per point: candidate `i` belongs to point `i / masks_per_point`.
+    pub masks_per_point: usize,
+}
+
+/// What the automatic mask generator needs of a promptable model; [`SamModel`] and
+/// [`crate::sam2::Sam2Model`] implement it. The generator owns the rest: point grids, crops,
+/// the IoU and stability filters, box NMS and small-region removal.
+pub trait AmgModel {
+    /// The generator's settings for this model: [`AmgConfig`] or a struct that extends it.
+    type Config: AsRef<AmgConfig> + Clone + std::fmt::Debug;
+    /// One (cropped) image's embedding.
+    type Embedding;
+
+    /// The logit threshold of the binary masks.
+    fn mask_threshold(_config: &Self::Config) -> f32 {
+        0.0
+    }
+
+    /// Embeds one image (a crop of the input).
+    fn embed(&self, image: &DynamicImage) -> Result<Self::Embedding>;
+
+    /// Decodes single foreground points (crop pixels) into candidate masks, point-major, with
+    /// whatever refinement `config` asks for.
+    fn predict_points(
+        &self,
+        config: &Self::Config,
+        embedding: &Self::Embedding,
+        points: &[[f64; 2]],
+    ) -> Result<PointMasks>;
+
+    /// One candidate's low-resolution logits (`low_res_size`) as logits over the whole crop,
+    /// `(height, width)`, row-major.
+    fn crop_logits(
+        &self,
+        config: &Self::Config,
+        embedding: &Self::Embedding,
+        low_res: Vec<f32>,
+        low_res_size: (usize, usize),
+        crop_size: (usize, usize),
+    ) -> Result<Vec<f32>>;
+}
+
+impl AsRef<AmgConfig> for AmgConfig {
+    fn as_ref(&self) -> &AmgConfig {
+        self
+    }
+}
+
+impl<B: Backend> AmgModel for SamModel<B> {
+    type Config = AmgConfig;
+    type Embedding = ImageEmbedding<B>;
+
+    fn embed(&self, image: &DynamicImage) -> Result<ImageEmbedding<B>> {
+        self.embed_image(image)
+    }
+
+    /// Multimask mode: three candidates per point.
+    fn predict_points(
+        &self,
+        _config: &AmgConfig,
+        embedding: &ImageEmbedding<B>,
+        points: &[[f64; 2]],
+    ) -> Result<PointMasks> {
+        let prompts: Vec<SamPrompt> = points
+            .iter()
+            .map(|p| SamPrompt::point(p[0], p[1]))
+            .collect();
+        let pred = self.predict(embedding, &prompts, true)?;
+        let [_, m, h, w] = pred.low_res_logits.dims();
+        Ok(PointMasks {
+            low_res: read_sam(pred.low_res_logits)?,
+            low_res_size: (h, w),
+            iou: read_sam(pred.iou_scores)?,
+            masks_per_point: m,
+        })
+    }
+
+    /// `post_process_masks` before the threshold: to the padded size, crop the padding, to the
+    /// crop's size.
+    fn crop_logits(
+        &self,
+        _config: &AmgConfig,
+        embedding: &ImageEmbedding<B>,
+        low_res: Vec<f32>,
+        (lh, lw): (usize, usize),
+        (ch, cw): (usize, usize),
+    ) -> Result<Vec<f32>> {
+        let t = Tensor::<B, 4>::from_data(TensorData::new(low_res, [1, 1, lh, lw]), self.device());
+        let logits =
+            self.processor
+                .upscale_logits(t, embedding.original_size, embedding.reshaped_size)?;
+        let [_, _, h, w] = logits.dims();
+        if (h, w) != (ch, cw) {
+            return Err(SceneError::InvalidInput(format!(
+                "mask logits are {w}x{h}, the crop is {cw}x{ch}"
+            )));
+        }
+        read_sam(logits)
+    }
+}
+
+fn read_sam<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .to_vec::<f32>()
+        .map_err(|e| SceneError::InvalidInput(format!("reading SAM outputs: {e:?}")))
+}
+
+/// The automatic mask generator over a loaded model (SAM or SAM 2.1, see [`AmgModel`]).
 #[derive(Debug)]
-pub struct SamAutomaticMaskGenerator<'a, B: Backend> {
-    model: &'a SamModel<B>,
-    config: AmgConfig,
+pub struct AutomaticMaskGenerator<'a, M: AmgModel> {
+    model: &'a M,
+    config: M::Config,
     point_grids: Vec<Vec<[f64; 2]>>,
 }
 
-impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
+/// The official `segment-anything` generator over [`SamModel`].
+pub type SamAutomaticMaskGenerator<'a, B> = AutomaticMaskGenerator<'a, SamModel<B>>;
+
+impl<'a, M: AmgModel> AutomaticMaskGenerator<'a, M> {
     /// A generator with these settings; checks them.
-    pub fn new(model: &'a SamModel<B>, config: AmgConfig) -> Result<Self> {
+    pub fn new(model: &'a M, config: M::Config) -> Result<Self> {
         let err = |m: String| Err(SceneError::config("automatic mask generator", m));
-        config.validate()?;
-        let point_grids = match (&config.points_per_side, &config.point_grids) {
+        let c = config.as_ref();
+        c.validate()?;
+        let point_grids = match (&c.points_per_side, &c.point_grids) {
             (Some(n), None) => {
-                if config.crop_n_points_downscale_factor == 0 {
+                if c.crop_n_points_downscale_factor == 0 {
                     return err("crop_n_points_downscale_factor must be positive".into());
                 }
-                (0..=config.crop_n_layers)
+                (0..=c.crop_n_layers)
                     .map(|i| {
-                        let d = (config.crop_n_points_downscale_factor as f64).powi(i as i32);
+                        let d = (c.crop_n_points_downscale_factor as f64).powi(i as i32);
                         build_point_grid((*n as f64 / d) as usize)
                     })
                     .collect()
             }
             (None, Some(g)) => {
-                if g.len() < config.crop_n_layers + 1 {
+                if g.len() < c.crop_n_layers + 1 {
                     return err(format!(
                         "{} point grids for {} crop layers (one per layer, plus the image)",
                         g.len(),
-                        config.crop_n_layers
+                        c.crop_n_layers
                     ));
                 }
                 g.clone()
@@ -411,7 +536,7 @@ impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
 
     /// Generates masks for an image, in the official output order.
     pub fn generate(&self, image: &DynamicImage) -> Result<Vec<AmgMask>> {
-        let c = &self.config;
+        let c = self.config.as_ref();
         let (w, h) = (image.width() as usize, image.height() as usize);
         if w == 0 || h == 0 {
             return Err(SceneError::InvalidInput("empty image".into()));
@@ -470,19 +595,19 @@ impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
         let [x0, y0, x1, y1] = crop;
         let (cw, ch) = (x1 - x0, y1 - y0);
         let cropped = image.crop_imm(x0 as u32, y0 as u32, cw as u32, ch as u32);
-        let embedding = self.model.embed_image(&cropped)?;
+        let embedding = self.model.embed(&cropped)?;
         let grid = &self.point_grids[layer];
         let points: Vec<[f64; 2]> = grid
             .iter()
             .map(|p| [p[0] * cw as f64, p[1] * ch as f64])
             .collect();
         let mut data = Vec::new();
-        for batch in points.chunks(self.config.points_per_batch) {
+        for batch in points.chunks(self.config.as_ref().points_per_batch) {
             data.extend(self.process_batch(&embedding, batch, (ch, cw), crop, orig)?);
         }
         let boxes: Vec<[f32; 4]> = data.iter().map(|r| as_f32(r.bbox)).collect();
         let scores: Vec<f32> = data.iter().map(|r| r.iou).collect();
-        let keep = nms(&boxes, &scores, self.config.box_nms_thresh);
+        let keep = nms(&boxes, &scores, self.config.as_ref().box_nms_thresh);
         Ok(keep
             .into_iter()
             .map(|i| {
@@ -501,80 +626,70 @@ impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
 
     fn process_batch(
         &self,
-        embedding: &super::ImageEmbedding<B>,
+        embedding: &M::Embedding,
         points: &[[f64; 2]],
         (ch, cw): (usize, usize),
         crop: [usize; 4],
         (oh, ow): (usize, usize),
     ) -> Result<Vec<Record>> {
-        let c = &self.config;
-        let prompts: Vec<SamPrompt> = points
-            .iter()
-            .map(|p| SamPrompt::point(p[0], p[1]))
-            .collect();
-        let pred = self.model.predict(embedding, &prompts, true)?;
-        let [n, m, _, _] = pred.low_res_logits.dims();
-        let read = |e| SceneError::InvalidInput(format!("reading SAM outputs: {e:?}"));
-        let ious = pred
-            .iou_scores
-            .clone()
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(read)?;
-        let hi = 0.0f32 + c.stability_score_offset;
-        let lo = 0.0f32 - c.stability_score_offset;
+        let c = self.config.as_ref();
+        let cands = self.model.predict_points(&self.config, embedding, points)?;
+        let (lh, lw) = cands.low_res_size;
+        let plane = lh * lw;
+        if cands.masks_per_point == 0
+            || cands.iou.len() != points.len() * cands.masks_per_point
+            || cands.low_res.len() != cands.iou.len() * plane
+        {
+            return Err(SceneError::InvalidInput(format!(
+                "{} points decoded into {} scores and {} logits of {lw}x{lh}",
+                points.len(),
+                cands.iou.len(),
+                cands.low_res.len()
+            )));
+        }
+        let thr = M::mask_threshold(&self.config);
+        let hi = thr + c.stability_score_offset;
+        let lo = thr - c.stability_score_offset;
         let orig_box = [0, 0, ow, oh];
         let mut out = Vec::new();
-        for i in 0..n {
-            // One prompt at a time: the upscaled logits of a whole batch at full resolution
-            // would take `n * m * H * W` floats twice over.
-            let logits = self.model.processor.upscale_logits(
-                pred.low_res_logits.clone().narrow(0, i, 1),
-                pred.original_size,
-                pred.reshaped_size,
-            )?;
-            let [_, _, h, w] = logits.dims();
-            if (h, w) != (ch, cw) {
-                return Err(SceneError::InvalidInput(format!(
-                    "mask logits are {w}x{h}, the crop is {cw}x{ch}"
-                )));
+        for (k, &iou) in cands.iou.iter().enumerate() {
+            // `iou > thresh` keeps, so a NaN prediction is dropped as in the official code.
+            let good = iou > c.pred_iou_thresh;
+            if c.pred_iou_thresh > 0.0 && !good {
+                continue;
             }
-            let logits = logits.into_data().to_vec::<f32>().map_err(read)?;
-            for j in 0..m {
-                let iou = ious[i * m + j];
-                // `iou > thresh` keeps, so a NaN prediction is dropped as in the official code.
-                let good = iou > c.pred_iou_thresh;
-                if c.pred_iou_thresh > 0.0 && !good {
-                    continue;
-                }
-                let plane = &logits[j * h * w..(j + 1) * h * w];
-                let inter = plane.iter().filter(|&&v| v > hi).count();
-                let union = plane.iter().filter(|&&v| v > lo).count();
-                let stability = inter as f32 / union as f32;
-                let stable = stability >= c.stability_score_thresh;
-                if c.stability_score_thresh > 0.0 && !stable {
-                    continue;
-                }
-                let bin: Vec<bool> = plane.iter().map(|&v| v > 0.0).collect();
-                let bbox = mask_box(&bin, w, h);
-                if near_crop_edge(bbox, crop, orig_box) {
-                    continue;
-                }
-                let [x0, y0, _, _] = crop;
-                let mask = Mask::from_fn(ow as u32, oh as u32, |x, y| {
-                    let (x, y) = (x as usize, y as usize);
-                    x >= x0 && y >= y0 && x < x0 + w && y < y0 + h && bin[(y - y0) * w + (x - x0)]
-                })
-                .map_err(|e| SceneError::InvalidInput(e.to_string()))?;
-                out.push(Record {
-                    mask,
-                    iou,
-                    stability,
-                    point: points[i],
-                    bbox,
-                    crop_box: crop,
-                });
+            // One candidate at a time: a whole batch's logits at crop resolution would take
+            // `k * H * W` floats.
+            let low = cands.low_res[k * plane..(k + 1) * plane].to_vec();
+            let logits =
+                self.model
+                    .crop_logits(&self.config, embedding, low, (lh, lw), (ch, cw))?;
+            let inter = logits.iter().filter(|&&v| v > hi).count();
+            let union = logits.iter().filter(|&&v| v > lo).count();
+            let stability = inter as f32 / union as f32;
+            let stable = stability >= c.stability_score_thresh;
+            if c.stability_score_thresh > 0.0 && !stable {
+                continue;
             }
+            let bin: Vec<bool> = logits.iter().map(|&v| v > thr).collect();
+            let bbox = mask_box(&bin, cw, ch);
+            if near_crop_edge(bbox, crop, orig_box) {
+                continue;
+            }
+            let [x0, y0, _, _] = crop;
+            let mask = Mask::from_fn(ow as u32, oh as u32, |x, y| {
+                let (x, y) = (x as usize, y as usize);
+                x >= x0 && y >= y0 && x < x0 + cw && y < y0 + ch && bin[(y - y0) * cw + (x - x0)]
+            })
+            .map_err(|e| SceneError::InvalidInput(e.to_string()))?;
+            out.push(Record {
+                mask,
+                iou,
+                stability,
+                point: points[k / cands.masks_per_point],
+                bbox,
+                crop_box: crop,
+            });
         }
         Ok(out)
     }
@@ -584,7 +699,7 @@ impl<'a, B: Backend> SamAutomaticMaskGenerator<'a, B> {
         mut data: Vec<Record>,
         nms_thresh: f64,
     ) -> Result<Vec<Record>> {
-        let area = self.config.min_mask_region_area;
+        let area = self.config.as_ref().min_mask_region_area;
         let mut new_masks = Vec::with_capacity(data.len());
         let mut scores = Vec::with_capacity(data.len());
         let mut boxes = Vec::with_capacity(data.len());

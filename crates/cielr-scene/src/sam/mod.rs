@@ -109,15 +109,11 @@ impl<B: Backend> SamModel<B> {
     /// Loads a checkpoint folder: `config.json`, `model.safetensors` (or a sharded index),
     /// and `preprocessor_config.json` (transformers' defaults when absent).
     pub fn load(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = SamConfig::from_file(dir.join("config.json"))?;
-        let pp = dir.join("preprocessor_config.json");
-        let proc_config = if pp.exists() {
-            SamProcessorConfig::from_file(&pp)?
-        } else {
-            SamProcessorConfig::default()
-        };
-        let store = TensorStore::open(dir)?;
+        let (config, proc_config, store) = read_checkpoint(
+            dir.as_ref(),
+            |p| SamConfig::from_file(p),
+            |p| SamProcessorConfig::from_file(p),
+        )?;
         Self::from_store(config, proc_config, &store, device)
     }
 
@@ -211,55 +207,9 @@ impl<B: Backend> SamModel<B> {
         original_size: (usize, usize),
         prompts: &[SamPrompt],
     ) -> Result<EncodedPromptInput> {
-        let n = prompts.len();
-        if n == 0 {
-            return Err(SceneError::InvalidInput("no prompts".into()));
-        }
-        let ppp = prompts[0].points.len();
-        let with_box = prompts[0].bbox.is_some();
-        let mut input = EncodedPromptInput {
-            points: Vec::with_capacity(n * ppp),
-            labels: Vec::with_capacity(n * ppp),
-            points_per_prompt: ppp,
-            boxes: Vec::new(),
-            n,
-        };
-        for (i, p) in prompts.iter().enumerate() {
-            if p.points.len() != ppp || p.bbox.is_some() != with_box {
-                return Err(SceneError::InvalidInput(format!(
-                    "prompt {i} has {} points{} but prompt 0 has {ppp}{}; pad points with label -10",
-                    p.points.len(),
-                    if p.bbox.is_some() { " and a box" } else { "" },
-                    if with_box { " and a box" } else { "" },
-                )));
-            }
-            if ppp == 0 && !with_box {
-                return Err(SceneError::InvalidInput(format!("prompt {i} is empty")));
-            }
-            for &(x, y, l) in &p.points {
-                if !(x.is_finite() && y.is_finite()) {
-                    return Err(SceneError::InvalidInput(format!(
-                        "prompt {i}: non-finite point"
-                    )));
-                }
-                // transformers scales padding points too; their embedding is zeroed anyway.
-                input
-                    .points
-                    .push(self.processor.scale_point(original_size, x, y));
-                input.labels.push(l);
-            }
-            if let Some([x0, y0, x1, y1]) = p.bbox {
-                if ![x0, y0, x1, y1].iter().all(|v| v.is_finite()) {
-                    return Err(SceneError::InvalidInput(format!(
-                        "prompt {i}: non-finite box"
-                    )));
-                }
-                let a = self.processor.scale_point(original_size, x0, y0);
-                let b = self.processor.scale_point(original_size, x1, y1);
-                input.boxes.push([a[0], a[1], b[0], b[1]]);
-            }
-        }
-        Ok(input)
+        encode_point_prompts(prompts, |x, y| {
+            self.processor.scale_point(original_size, x, y)
+        })
     }
 
     /// [`predict`](Self::predict) with a mask prompt: low-resolution logits
@@ -328,25 +278,105 @@ impl<B: Backend> SamPrediction<B> {
     /// Binary masks in original pixels (`post_process_masks`: logits > 0), one
     /// [`cielr_core::mask::Mask`] per prompt and output, `[n][m]`.
     pub fn masks(&self, processor: &SamProcessor) -> Result<Vec<Vec<cielr_core::mask::Mask>>> {
-        let logits = self.upscaled_logits(processor)?;
-        let [n, m, h, w] = logits.dims();
-        let data = logits
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| SceneError::InvalidInput(format!("reading mask logits: {e:?}")))?;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut row = Vec::with_capacity(m);
-            for j in 0..m {
-                let plane = &data[(i * m + j) * h * w..(i * m + j + 1) * h * w];
-                let mask = cielr_core::mask::Mask::from_fn(w as u32, h as u32, |x, y| {
-                    plane[y as usize * w + x as usize] > 0.0
-                })
-                .map_err(|e| SceneError::InvalidInput(e.to_string()))?;
-                row.push(mask);
-            }
-            out.push(row);
-        }
-        Ok(out)
+        logits_to_masks(self.upscaled_logits(processor)?)
     }
+}
+
+/// Reads a checkpoint folder: `config.json` (with `config`), `preprocessor_config.json` (with
+/// `processor`; its defaults when the file is absent) and the weights (`model.safetensors` or a
+/// sharded index). Shared by SAM and SAM 2.1.
+pub(crate) fn read_checkpoint<C, P: Default>(
+    dir: &Path,
+    config: impl FnOnce(&Path) -> Result<C>,
+    processor: impl FnOnce(&Path) -> Result<P>,
+) -> Result<(C, P, TensorStore)> {
+    let config = config(&dir.join("config.json"))?;
+    let pp = dir.join("preprocessor_config.json");
+    let proc_config = if pp.exists() {
+        processor(&pp)?
+    } else {
+        P::default()
+    };
+    Ok((config, proc_config, TensorStore::open(dir)?))
+}
+
+/// Checks a batch of prompts (original pixels) and maps them into the model's input frame with
+/// `scale`: every prompt must have the same number of points, and either all or none a box
+/// (as in transformers; pad with label -10 points). Shared by SAM and SAM 2.1.
+pub(crate) fn encode_point_prompts(
+    prompts: &[SamPrompt],
+    scale: impl Fn(f64, f64) -> [f64; 2],
+) -> Result<EncodedPromptInput> {
+    let n = prompts.len();
+    if n == 0 {
+        return Err(SceneError::InvalidInput("no prompts".into()));
+    }
+    let ppp = prompts[0].points.len();
+    let with_box = prompts[0].bbox.is_some();
+    let mut input = EncodedPromptInput {
+        points: Vec::with_capacity(n * ppp),
+        labels: Vec::with_capacity(n * ppp),
+        points_per_prompt: ppp,
+        boxes: Vec::new(),
+        n,
+    };
+    for (i, p) in prompts.iter().enumerate() {
+        if p.points.len() != ppp || p.bbox.is_some() != with_box {
+            return Err(SceneError::InvalidInput(format!(
+                "prompt {i} has {} points{} but prompt 0 has {ppp}{}; pad points with label -10",
+                p.points.len(),
+                if p.bbox.is_some() { " and a box" } else { "" },
+                if with_box { " and a box" } else { "" },
+            )));
+        }
+        if ppp == 0 && !with_box {
+            return Err(SceneError::InvalidInput(format!("prompt {i} is empty")));
+        }
+        for &(x, y, l) in &p.points {
+            if !(x.is_finite() && y.is_finite()) {
+                return Err(SceneError::InvalidInput(format!(
+                    "prompt {i}: non-finite point"
+                )));
+            }
+            // transformers scales padding points too; their embedding is zeroed anyway.
+            input.points.push(scale(x, y));
+            input.labels.push(l);
+        }
+        if let Some([x0, y0, x1, y1]) = p.bbox {
+            if ![x0, y0, x1, y1].iter().all(|v| v.is_finite()) {
+                return Err(SceneError::InvalidInput(format!(
+                    "prompt {i}: non-finite box"
+                )));
+            }
+            let a = scale(x0, y0);
+            let b = scale(x1, y1);
+            input.boxes.push([a[0], a[1], b[0], b[1]]);
+        }
+    }
+    Ok(input)
+}
+
+/// Binary masks (`logits > 0`) of mask logits `[n, m, H, W]` in original pixels, `[n][m]`.
+pub(crate) fn logits_to_masks<B: Backend>(
+    logits: Tensor<B, 4>,
+) -> Result<Vec<Vec<cielr_core::mask::Mask>>> {
+    let [n, m, h, w] = logits.dims();
+    let data = logits
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| SceneError::InvalidInput(format!("reading mask logits: {e:?}")))?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut row = Vec::with_capacity(m);
+        for j in 0..m {
+            let plane = &data[(i * m + j) * h * w..(i * m + j + 1) * h * w];
+            let mask = cielr_core::mask::Mask::from_fn(w as u32, h as u32, |x, y| {
+                plane[y as usize * w + x as usize] > 0.0
+            })
+            .map_err(|e| SceneError::InvalidInput(e.to_string()))?;
+            row.push(mask);
+        }
+        out.push(row);
+    }
+    Ok(out)
 }

@@ -124,7 +124,7 @@ pub struct SamPromptEncoder<B: Backend> {
 /// Sparse prompts in the model's input frame (the resized, padded image's pixels), for a
 /// batch of `n` prompts: every prompt has the same number of points and either all or none
 /// have a box.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EncodedPromptInput {
     /// `n * points` (x, y) pairs.
     pub points: Vec<[f64; 2]>,

@@ -2,33 +2,25 @@
 //! (`Sam2MaskDecoder`: two-way transformer, high-resolution skip connections from
 //! `conv_s0`/`conv_s1`, object-score head, dynamic multimask selection via stability).
 //!
-//! These differ from SAM 1's (`crate::sam`) in weight names (`o_proj`, `proj_in`/`proj_out`),
-//! the extra object-score token, the skip connections, the sigmoid IoU head and the padding
-//! point added to boxes, so they are separate modules here.
+//! The two-way transformer and the upscaling/hypernetwork mask head are SAM 1's
+//! ([`crate::sam::mask_decoder`], with SAM 2's names and epsilons given there by a
+//! `TwoWaySpec`). The rest differs from SAM 1 (the extra object-score token, the skip
+//! connections, the sigmoid IoU head, the padding point added to boxes), so it is here.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::nn::LayerNorm;
+use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::conv_transpose2d;
-use burn::tensor::ops::ConvTransposeOptions;
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::weights::Weights;
 
 use super::config::{Sam2MaskDecoderConfig, Sam2PromptEncoderConfig};
-// `Sam2FeedForward` has the same layout and forward as SAM's (the IoU head's sigmoid is
-// applied by the caller).
 use crate::error::{Result, SceneError};
-use crate::sam::mask_decoder::FeedForward;
+use crate::sam::image_encoder::layer_norm_channels_first;
+use crate::sam::mask_decoder::{FeedForward, MaskHead, TwoWaySpec, TwoWayTransformer};
 
-/// Label of a padding point (ignored).
-pub const LABEL_PAD: i64 = -10;
-/// Label of a "not a point" point.
-pub const LABEL_NOT_A_POINT: i64 = -1;
-
-fn ln_channels_first<B: Backend>(ln: &LayerNorm<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    ln.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
-}
+/// The point labels are SAM's: padding (ignored) and "not a point".
+pub use crate::sam::prompt_encoder::{LABEL_NOT_A_POINT, LABEL_PAD};
 
 /// `Sam2PositionalEmbedding`: random Fourier features of `[.., 2]` coordinates in `[0, 1]`.
 #[derive(Debug)]
@@ -68,20 +60,9 @@ impl<B: Backend> FourierEmbedding<B> {
     }
 }
 
-/// Prompts already mapped into the model's input frame, for `n` prompts.
-#[derive(Debug, Clone, Default)]
-pub struct Sam2EncodedPrompts {
-    /// Number of prompts.
-    pub n: usize,
-    /// Points per prompt.
-    pub points_per_prompt: usize,
-    /// `n * points_per_prompt` points (x, y) in input pixels.
-    pub points: Vec<[f64; 2]>,
-    /// Their labels.
-    pub labels: Vec<i64>,
-    /// One box per prompt (x0, y0, x1, y1) in input pixels, or none.
-    pub boxes: Vec<[f64; 4]>,
-}
+/// Prompts already mapped into the model's input frame, for `n` prompts: SAM's
+/// [`EncodedPromptInput`](crate::sam::prompt_encoder::EncodedPromptInput).
+pub type Sam2EncodedPrompts = crate::sam::prompt_encoder::EncodedPromptInput;
 
 /// `Sam2MaskEmbedding` + the rest of `Sam2PromptEncoder`.
 #[derive(Debug)]
@@ -221,8 +202,8 @@ impl<B: Backend> Sam2PromptEncoder<B> {
                         s4 = 4 * g
                     )));
                 }
-                let x = gelu(ln_channels_first(&self.ln1, self.conv1.forward(m)));
-                let x = gelu(ln_channels_first(&self.ln2, self.conv2.forward(x)));
+                let x = gelu(layer_norm_channels_first(&self.ln1, self.conv1.forward(m)));
+                let x = gelu(layer_norm_channels_first(&self.ln2, self.conv2.forward(x)));
                 self.conv3.forward(x)
             }
             None => self
@@ -233,120 +214,6 @@ impl<B: Backend> Sam2PromptEncoder<B> {
                 .repeat_dim(3, g),
         };
         Ok((sparse, dense))
-    }
-}
-
-/// `Sam2Attention`.
-#[derive(Debug)]
-struct Attention<B: Backend> {
-    q: Linear<B>,
-    k: Linear<B>,
-    v: Linear<B>,
-    o: Linear<B>,
-    heads: usize,
-}
-
-impl<B: Backend> Attention<B> {
-    fn load(
-        w: &Weights<'_>,
-        c: &Sam2MaskDecoderConfig,
-        down: usize,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let d = c.hidden_size;
-        let i = d / down;
-        Ok(Self {
-            q: w.pp("q_proj").linear(d, i, true, device)?,
-            k: w.pp("k_proj").linear(d, i, true, device)?,
-            v: w.pp("v_proj").linear(d, i, true, device)?,
-            o: w.pp("o_proj").linear(i, d, true, device)?,
-            heads: c.num_attention_heads,
-        })
-    }
-
-    fn forward(&self, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Tensor<B, 3> {
-        let split = |x: Tensor<B, 3>| {
-            let [n, t, c] = x.dims();
-            x.reshape([n, t, self.heads, c / self.heads])
-                .swap_dims(1, 2)
-        };
-        let q = split(self.q.forward(q));
-        let k = split(self.k.forward(k));
-        let v = split(self.v.forward(v));
-        let hd = q.dims()[3];
-        let p = softmax(q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5), 3);
-        let out = p.matmul(v).swap_dims(1, 2);
-        let [n, t, h, e] = out.dims();
-        self.o.forward(out.reshape([n, t, h * e]))
-    }
-}
-
-/// `Sam2TwoWayAttentionBlock`.
-#[derive(Debug)]
-struct TwoWayBlock<B: Backend> {
-    self_attn: Attention<B>,
-    ln1: LayerNorm<B>,
-    t2i: Attention<B>,
-    ln2: LayerNorm<B>,
-    mlp: FeedForward<B>,
-    ln3: LayerNorm<B>,
-    ln4: LayerNorm<B>,
-    i2t: Attention<B>,
-    skip_pe: bool,
-}
-
-impl<B: Backend> TwoWayBlock<B> {
-    fn load(
-        w: &Weights<'_>,
-        c: &Sam2MaskDecoderConfig,
-        skip_pe: bool,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let d = c.hidden_size;
-        let r = c.attention_downsample_rate;
-        // `nn.LayerNorm(hidden_size)`: torch's default epsilon.
-        Ok(Self {
-            self_attn: Attention::load(&w.pp("self_attn"), c, 1, device)?,
-            ln1: w.pp("layer_norm1").layer_norm(d, 1e-5, device)?,
-            t2i: Attention::load(&w.pp("cross_attn_token_to_image"), c, r, device)?,
-            ln2: w.pp("layer_norm2").layer_norm(d, 1e-5, device)?,
-            mlp: FeedForward::load(&w.pp("mlp"), d, c.mlp_dim, d, c.num_hidden_layers, device)?,
-            ln3: w.pp("layer_norm3").layer_norm(d, 1e-5, device)?,
-            ln4: w.pp("layer_norm4").layer_norm(d, 1e-5, device)?,
-            i2t: Attention::load(&w.pp("cross_attn_image_to_token"), c, r, device)?,
-            skip_pe,
-        })
-    }
-
-    fn forward(
-        &self,
-        queries: Tensor<B, 3>,
-        keys: Tensor<B, 3>,
-        qpe: &Tensor<B, 3>,
-        kpe: &Tensor<B, 3>,
-    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let queries = if self.skip_pe {
-            self.self_attn
-                .forward(queries.clone(), queries.clone(), queries)
-        } else {
-            let q = queries.clone() + qpe.clone();
-            queries.clone() + self.self_attn.forward(q.clone(), q, queries)
-        };
-        let queries = self.ln1.forward(queries);
-        let q = queries.clone() + qpe.clone();
-        let k = keys.clone() + kpe.clone();
-        let queries = self
-            .ln2
-            .forward(queries + self.t2i.forward(q, k, keys.clone()));
-        let queries = self
-            .ln3
-            .forward(queries.clone() + self.mlp.forward(queries));
-        let q = queries.clone() + qpe.clone();
-        let k = keys.clone() + kpe.clone();
-        let keys = self
-            .ln4
-            .forward(keys + self.i2t.forward(k, q, queries.clone()));
-        (queries, keys)
     }
 }
 
@@ -365,15 +232,8 @@ pub struct Sam2DecoderOutput<B: Backend> {
 #[derive(Debug)]
 pub struct Sam2MaskDecoder<B: Backend> {
     output_tokens: Tensor<B, 2>,
-    layers: Vec<TwoWayBlock<B>>,
-    final_attn: Attention<B>,
-    ln_final: LayerNorm<B>,
-    up1_w: Tensor<B, 4>,
-    up1_b: Tensor<B, 1>,
-    up_ln: LayerNorm<B>,
-    up2_w: Tensor<B, 4>,
-    up2_b: Tensor<B, 1>,
-    hyper: Vec<FeedForward<B>>,
+    transformer: TwoWayTransformer<B>,
+    head: MaskHead<B>,
     iou_head: FeedForward<B>,
     obj_head: FeedForward<B>,
     /// `conv_s0` (applied to FPN level 0 when the image is embedded).
@@ -400,35 +260,22 @@ impl<B: Backend> Sam2MaskDecoder<B> {
             ],
             0,
         );
+        let spec = TwoWaySpec {
+            hidden_size: d,
+            num_heads: c.num_attention_heads,
+            num_layers: c.num_hidden_layers,
+            downsample_rate: c.attention_downsample_rate,
+            mlp_dim: c.mlp_dim,
+            // `nn.LayerNorm(hidden_size)`: torch's default epsilon.
+            layer_norm_eps: 1e-5,
+            out_proj: "o_proj",
+            // `Sam2FeedForward(.., num_layers=num_hidden_layers)`.
+            feed_forward_layers: Some(c.num_hidden_layers),
+        };
         Ok(Self {
             output_tokens,
-            layers: (0..c.num_hidden_layers)
-                .map(|i| TwoWayBlock::load(&t.pp(format!("layers.{i}")), c, i == 0, device))
-                .collect::<Result<Vec<_>>>()?,
-            final_attn: Attention::load(
-                &t.pp("final_attn_token_to_image"),
-                c,
-                c.attention_downsample_rate,
-                device,
-            )?,
-            ln_final: t.pp("layer_norm_final_attn").layer_norm(d, 1e-5, device)?,
-            up1_w: w.tensor("upscale_conv1.weight", [d, d / 4, 2, 2], device)?,
-            up1_b: w.tensor("upscale_conv1.bias", [d / 4], device)?,
-            up_ln: w.pp("upscale_layer_norm").layer_norm(d / 4, 1e-6, device)?,
-            up2_w: w.tensor("upscale_conv2.weight", [d / 4, d / 8, 2, 2], device)?,
-            up2_b: w.tensor("upscale_conv2.bias", [d / 8], device)?,
-            hyper: (0..m)
-                .map(|i| {
-                    FeedForward::load(
-                        &w.pp(format!("output_hypernetworks_mlps.{i}")),
-                        d,
-                        d,
-                        d / 8,
-                        3,
-                        device,
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?,
+            transformer: TwoWayTransformer::load(&t, &spec, device)?,
+            head: MaskHead::load(w, d, m, device)?,
             iou_head: FeedForward::load(
                 &w.pp("iou_prediction_head"),
                 d,
@@ -474,54 +321,13 @@ impl<B: Backend> Sam2MaskDecoder<B> {
             .unsqueeze_dim::<3>(0)
             .repeat_dim(0, n);
         let tokens = Tensor::cat(vec![out_tokens, sparse], 1);
-        let src = embedding.clone().unsqueeze_dim::<4>(0) + dense;
-        let src = if src.dims()[0] == n {
-            src
-        } else {
-            src.repeat_dim(0, n)
-        };
-        let src = src.reshape([n, c, g * g]).swap_dims(1, 2);
-        let pos = image_pe
-            .clone()
-            .reshape([1, c, g * g])
-            .swap_dims(1, 2)
-            .repeat_dim(0, n);
-        let mut queries = tokens.clone();
-        let mut keys = src;
-        for layer in &self.layers {
-            let (q, k) = layer.forward(queries, keys, &tokens, &pos);
-            queries = q;
-            keys = k;
-        }
-        let q = queries.clone() + tokens;
-        let k = keys.clone() + pos;
-        let queries = self
-            .ln_final
-            .forward(queries.clone() + self.final_attn.forward(q, k, keys.clone()));
+        let (queries, keys) = self.transformer.forward(tokens, embedding, dense, image_pe);
         let obj_token = queries.clone().narrow(1, 0, 1).reshape([n, c]);
         let iou_token = queries.clone().narrow(1, 1, 1).reshape([n, c]);
         let mask_tokens = queries.narrow(1, 2, m);
-
-        let x = keys.swap_dims(1, 2).reshape([n, c, g, g]);
-        let opts = || ConvTransposeOptions::new([2, 2], [0, 0], [0, 0], [1, 1], 1);
-        let s1 = feat_s1.clone().unsqueeze_dim::<4>(0);
-        let s0 = feat_s0.clone().unsqueeze_dim::<4>(0);
-        let x = conv_transpose2d(x, self.up1_w.clone(), Some(self.up1_b.clone()), opts()) + s1;
-        let x = gelu(ln_channels_first(&self.up_ln, x));
-        let x =
-            gelu(conv_transpose2d(x, self.up2_w.clone(), Some(self.up2_b.clone()), opts()) + s0);
-        let [_, c8, h4, w4] = x.dims();
-        let hyper = Tensor::cat(
-            self.hyper
-                .iter()
-                .enumerate()
-                .map(|(i, mlp)| mlp.forward(mask_tokens.clone().narrow(1, i, 1)))
-                .collect(),
-            1,
-        );
-        let masks = hyper
-            .matmul(x.reshape([n, c8, h4 * w4]))
-            .reshape([n, m, h4, w4]);
+        let masks = self
+            .head
+            .forward(keys, g, mask_tokens, Some((feat_s0, feat_s1)));
         let iou = sigmoid(self.iou_head.forward(iou_token));
         let object_score_logits = self.obj_head.forward(obj_token);
         let (masks, iou) = if multimask {

@@ -40,18 +40,13 @@ pub use decoder::{Sam2EncodedPrompts, LABEL_NOT_A_POINT, LABEL_PAD};
 
 use crate::error::{Result, SceneError};
 use crate::preprocess::{resize, to_rgb, Resample};
+use crate::sam::{encode_point_prompts, logits_to_masks, read_checkpoint, SamPrompt};
 use decoder::{FourierEmbedding, Sam2MaskDecoder, Sam2PromptEncoder};
 use hiera::{Sam2Hiera, Sam2Neck};
 
-/// One prompt in original-image pixels: points with labels (1 foreground, 0 background,
-/// -1 "not a point", -10 padding) and at most one box (x0, y0, x1, y1).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Sam2Prompt {
-    /// Points (x, y, label).
-    pub points: Vec<(f64, f64, i64)>,
-    /// A box.
-    pub bbox: Option<[f64; 4]>,
-}
+/// One prompt in original-image pixels: SAM's [`SamPrompt`] (points with labels and at most
+/// one box).
+pub type Sam2Prompt = SamPrompt;
 
 /// `preprocessor_config.json` of `Sam2ImageProcessor` (the fields the image path reads).
 #[derive(Debug, Clone, Deserialize)]
@@ -237,25 +232,7 @@ impl<B: Backend> Sam2Prediction<B> {
 
     /// Binary masks in original pixels (`logits > 0`), `[n][m]`.
     pub fn masks(&self) -> Result<Vec<Vec<cielr_core::mask::Mask>>> {
-        let logits = self.upscaled_logits();
-        let [n, m, h, w] = logits.dims();
-        let data = logits
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| SceneError::InvalidInput(format!("reading mask logits: {e:?}")))?;
-        (0..n)
-            .map(|i| {
-                (0..m)
-                    .map(|j| {
-                        let plane = &data[(i * m + j) * h * w..(i * m + j + 1) * h * w];
-                        cielr_core::mask::Mask::from_fn(w as u32, h as u32, |x, y| {
-                            plane[y as usize * w + x as usize] > 0.0
-                        })
-                        .map_err(|e| SceneError::InvalidInput(e.to_string()))
-                    })
-                    .collect()
-            })
-            .collect()
+        logits_to_masks(self.upscaled_logits())
     }
 }
 
@@ -280,15 +257,11 @@ impl<B: Backend> Sam2Model<B> {
     /// Loads a checkpoint folder: `config.json`, `model.safetensors` (or a sharded index) and
     /// `preprocessor_config.json` (transformers' defaults when absent).
     pub fn load(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
-        let dir = dir.as_ref();
-        let config = Sam2Config::from_file(dir.join("config.json"))?;
-        let pp = dir.join("preprocessor_config.json");
-        let proc_config = if pp.exists() {
-            Sam2ProcessorConfig::from_file(&pp)?
-        } else {
-            Sam2ProcessorConfig::default()
-        };
-        let store = TensorStore::open(dir)?;
+        let (config, proc_config, store) = read_checkpoint(
+            dir.as_ref(),
+            |p| Sam2Config::from_file(p),
+            |p| Sam2ProcessorConfig::from_file(p),
+        )?;
         Self::from_store(config, proc_config, &store, device)
     }
 
@@ -410,48 +383,9 @@ impl<B: Backend> Sam2Model<B> {
         original_size: (usize, usize),
         prompts: &[Sam2Prompt],
     ) -> Result<Sam2EncodedPrompts> {
-        let n = prompts.len();
-        let first = prompts
-            .first()
-            .ok_or_else(|| SceneError::InvalidInput("no prompts".into()))?;
-        let ppp = first.points.len();
-        let with_box = first.bbox.is_some();
-        let mut e = Sam2EncodedPrompts {
-            n,
-            points_per_prompt: ppp,
-            ..Default::default()
-        };
-        for (i, p) in prompts.iter().enumerate() {
-            if p.points.len() != ppp || p.bbox.is_some() != with_box {
-                return Err(SceneError::InvalidInput(format!(
-                    "prompt {i} differs in shape from prompt 0 ({ppp} points, box: {with_box}); pad points with label -10"
-                )));
-            }
-            if ppp == 0 && !with_box {
-                return Err(SceneError::InvalidInput(format!("prompt {i} is empty")));
-            }
-            for &(x, y, l) in &p.points {
-                if !(x.is_finite() && y.is_finite()) {
-                    return Err(SceneError::InvalidInput(format!(
-                        "prompt {i}: non-finite point"
-                    )));
-                }
-                e.points
-                    .push(self.processor.scale_point(original_size, x, y));
-                e.labels.push(l);
-            }
-            if let Some([x0, y0, x1, y1]) = p.bbox {
-                if ![x0, y0, x1, y1].iter().all(|v| v.is_finite()) {
-                    return Err(SceneError::InvalidInput(format!(
-                        "prompt {i}: non-finite box"
-                    )));
-                }
-                let a = self.processor.scale_point(original_size, x0, y0);
-                let b = self.processor.scale_point(original_size, x1, y1);
-                e.boxes.push([a[0], a[1], b[0], b[1]]);
-            }
-        }
-        Ok(e)
+        encode_point_prompts(prompts, |x, y| {
+            self.processor.scale_point(original_size, x, y)
+        })
     }
 
     /// Decodes prompts (original pixels) against an image embedding.
