@@ -4,7 +4,9 @@
 //! - `llm/prefill_128`: a 128-token prompt into an empty cache (logits of the last position);
 //! - `llm/decode_token`: one greedy decode step (one token, logits read back, argmax) after a
 //!   128-token prompt; the cache is reset to the prompt every 64 steps so the context length
-//!   stays between 128 and 192.
+//!   stays between 128 and 192;
+//! - `llm/decode_token_as_stored`: the same with the decode steps reading the GGUF's Q4_1/Q8_0
+//!   matrices as stored (`Llama::from_gguf_quantized`, what `LocalLlm` does on the CPU).
 //!
 //! When the GGUF is missing the benchmarks are skipped with a message (get it with
 //! `tools/setup-models.sh`). `tools/bench/llm.sh` compares the same numbers with transformers
@@ -18,7 +20,7 @@ use std::hint::black_box;
 
 use cielr_core::backend::CpuBackend;
 use cielr_planner::generate::Sampler;
-use cielr_planner::gguf::smollm2_gguf_path;
+use cielr_planner::gguf::{smollm2_gguf_path, GgufFile};
 use cielr_planner::llama::Llama;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -34,7 +36,13 @@ fn bench_llm(c: &mut Criterion) {
         }
     };
     let device = Default::default();
-    let model = match Llama::<CpuBackend>::from_gguf_path(&path, &device) {
+    let loaded = GgufFile::open(&path).and_then(|file| {
+        Ok((
+            Llama::<CpuBackend>::from_gguf(&file, &device)?,
+            Llama::<CpuBackend>::from_gguf_quantized(&file, &device)?,
+        ))
+    });
+    let (model, quantized) = match loaded {
         Ok(m) => m,
         Err(e) => {
             println!(
@@ -64,15 +72,30 @@ fn bench_llm(c: &mut Criterion) {
     });
 
     group.throughput(Throughput::Elements(1));
+    for (name, m) in [
+        ("decode_token", &model),
+        ("decode_token_as_stored", &quantized),
+    ] {
+        bench_decode(&mut group, name, m, &prompt);
+    }
+    group.finish();
+}
+
+/// One greedy decode step of `model` after `prompt`, timed without the prefills that reset
+/// the cache every [`DECODE_WINDOW`] steps.
+fn bench_decode(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    model: &Llama<CpuBackend>,
+    prompt: &[u32],
+) {
     let prefill = |cache: &mut _| -> u32 {
-        let logits = model.next_token_logits(&prompt, cache).expect("prefill");
+        let logits = model.next_token_logits(prompt, cache).expect("prefill");
         Sampler::argmax(&logits).expect("argmax")
     };
     let mut cache = model.new_cache();
     let mut next = prefill(&mut cache);
-    group.bench_function("decode_token", |b| {
-        // Only the decode steps are timed: the prefill that resets the cache runs outside
-        // the measured spans.
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = std::time::Duration::ZERO;
             for _ in 0..iters {
@@ -90,7 +113,6 @@ fn bench_llm(c: &mut Criterion) {
             total
         })
     });
-    group.finish();
 }
 
 criterion_group!(benches, bench_llm);
