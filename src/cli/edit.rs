@@ -10,6 +10,7 @@ use cielr::core::io::{load_rgb, save_rgb};
 use cielr::core::{Editor, Pipeline, PipelineOptions, Scene, SceneBuilder, StaticSceneBuilder};
 use clap::{Args, ValueEnum};
 
+use super::device::{on_device, DeviceArgs, ModelDevice};
 use super::{models, progress, ReasoningArgs, SceneArg};
 
 /// The editors `--editor` can select.
@@ -46,6 +47,8 @@ pub struct EditArgs {
     reasoning: ReasoningArgs,
     #[command(flatten)]
     editor: EditorArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Dilation of target masks before editing, in pixels.
     #[arg(long, default_value_t = 7.0)]
     dilate: f64,
@@ -92,28 +95,27 @@ fn sibling(output: &Path, suffix: &str) -> PathBuf {
     output.with_file_name(format!("{stem}{suffix}"))
 }
 
-/// The default perception: the COCO detector from the model cache.
-pub(super) fn default_scene_builder() -> anyhow::Result<Arc<dyn SceneBuilder>> {
+/// The default perception: the COCO detector from the model cache, on `device`.
+pub(super) fn default_scene_builder(device: &ModelDevice) -> anyhow::Result<Arc<dyn SceneBuilder>> {
     use cielr::scene::centernet::DetectOptions;
     use cielr::scene::coco_detector::CocoDetectorSceneBuilder;
     use cielr::scene::model_cache::ModelCache;
     let cache = ModelCache::from_env()?;
     eprintln!(
-        "[scene] loading the COCO detector from {}",
-        cache.root().display()
+        "[scene] loading the COCO detector from {}{}",
+        cache.root().display(),
+        device.suffix()
     );
-    let device = Default::default();
-    let builder = CocoDetectorSceneBuilder::<cielr::core::backend::CpuBackend>::from_cache(
-        &cache,
-        DetectOptions::default(),
-        &device,
-    )
-    .context("no --scene was given, so the default detector is needed; run tools/setup-models.sh to fetch it")?;
-    Ok(Arc::new(builder))
+    const NEEDED: &str = "no --scene was given, so the default detector is needed; run \
+                          tools/setup-models.sh to fetch it";
+    Ok(on_device!(device, |B, dev| Arc::new(
+        CocoDetectorSceneBuilder::<B>::from_cache(&cache, DetectOptions::default(), dev)
+            .context(NEEDED)?
+    )))
 }
 
-/// The editor `--editor` (and its options) describe.
-pub(super) fn editor(a: &EditorArgs) -> anyhow::Result<Arc<dyn Editor>> {
+/// The editor `--editor` (and its options) describe, its Burn models on `device`.
+pub(super) fn editor(a: &EditorArgs, device: &ModelDevice) -> anyhow::Result<Arc<dyn Editor>> {
     use cielr::core::{EditOp, RoutingEditor};
     use cielr::diffusion::{ClassicalEditor, SdEditorOptions, StableDiffusionInpaintEditor};
     let classical: Arc<dyn Editor> = Arc::new(ClassicalEditor::default());
@@ -134,14 +136,15 @@ pub(super) fn editor(a: &EditorArgs) -> anyhow::Result<Arc<dyn Editor>> {
         );
     }
     let load_lama = |path: &PathBuf| -> anyhow::Result<Arc<dyn Editor>> {
-        eprintln!("[edit] loading LaMa from {}", path.display());
-        let lama = cielr::diffusion::LamaEditor::<cielr::core::backend::CpuBackend>::load(
-            path,
-            Default::default(),
-            &Default::default(),
-        )
-        .with_context(|| format!("loading LaMa from {}", path.display()))?;
-        Ok(Arc::new(lama))
+        eprintln!(
+            "[edit] loading LaMa from {}{}",
+            path.display(),
+            device.suffix()
+        );
+        Ok(on_device!(device, |B, dev| Arc::new(
+            cielr::diffusion::LamaEditor::<B>::load(path, Default::default(), dev)
+                .with_context(|| format!("loading LaMa from {}", path.display()))?
+        )))
     };
     if a.editor == EditorKind::Lama {
         let Some(path) = &a.lama_model else {
@@ -174,15 +177,15 @@ pub(super) fn editor(a: &EditorArgs) -> anyhow::Result<Arc<dyn Editor>> {
         ..Default::default()
     };
     eprintln!(
-        "[edit] loading Stable Diffusion inpainting from {}",
-        dir.display()
+        "[edit] loading Stable Diffusion inpainting from {}{}",
+        dir.display(),
+        device.suffix()
     );
-    let device = Default::default();
-    let sd = StableDiffusionInpaintEditor::<cielr::core::backend::CpuBackend>::from_dir(
-        dir, options, &device,
-    )
-    .with_context(|| format!("loading the inpainting model {}", dir.display()))?
-    .with_step_hook(Arc::new(denoise_progress));
+    let sd: Arc<dyn Editor> = on_device!(device, |B, dev| Arc::new(
+        StableDiffusionInpaintEditor::<B>::from_dir(dir, options, dev)
+            .with_context(|| format!("loading the inpainting model {}", dir.display()))?
+            .with_step_hook(Arc::new(denoise_progress))
+    ));
     // Removal never goes to SD (with an empty prompt it invents objects): LaMa when given.
     let remover = match &a.lama_model {
         Some(path) => load_lama(path)?,
@@ -192,7 +195,7 @@ pub(super) fn editor(a: &EditorArgs) -> anyhow::Result<Arc<dyn Editor>> {
         RoutingEditor::new()
             .route(&[EditOp::Remove], remover)
             .route(&[EditOp::Recolor], classical)
-            .route(&[EditOp::Replace, EditOp::Add], Arc::new(sd)),
+            .route(&[EditOp::Replace, EditOp::Add], sd),
     ))
 }
 
@@ -227,6 +230,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             a.dilate
         );
     }
+    let device = a.device.open()?;
     let image =
         load_rgb(&a.image).with_context(|| format!("reading the image {}", a.image.display()))?;
     let scene_builder: Arc<dyn SceneBuilder> = match &a.scene.scene {
@@ -234,16 +238,19 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             let scene = Scene::load(path).context("reading the SSR given by --scene")?;
             Arc::new(StaticSceneBuilder::new(scene))
         }
-        None => match a.scene_models.builder()? {
+        None => match a.scene_models.builder(&device)? {
             Some(b) => b,
-            None => default_scene_builder()?,
+            None => default_scene_builder(&device)?,
         },
     };
-    let chosen =
-        models::language_model(a.reasoning.llm.as_deref(), a.reasoning.llm_model.as_deref())?;
+    let chosen = models::language_model(
+        a.reasoning.llm.as_deref(),
+        a.reasoning.llm_model.as_deref(),
+        &device,
+    )?;
     let model = chosen.model.clone();
     let planner = Arc::new(a.reasoning.planner(&chosen));
-    let editor = editor(&a.editor)?;
+    let editor = editor(&a.editor, &device)?;
     let pipeline = Pipeline {
         scene_builder: scene_builder.clone(),
         planner: planner.clone(),
@@ -301,6 +308,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
         ),
         ("language_model".to_string(), model.name()),
         ("editor".to_string(), editor.name()),
+        ("device".to_string(), device.to_string()),
     ]);
     let report_path = sibling(&a.output, ".report.json");
     let mut report = out.report(&a.instruction, &components);

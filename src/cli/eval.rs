@@ -17,6 +17,7 @@ use cielr::eval::runner::{
 use cielr::planner::openai::{OpenAiCompatible, OpenAiConfig};
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::device::{DeviceArgs, ModelDevice};
 use super::edit::{default_scene_builder, editor, EditorArgs};
 use super::scene::SceneModelArgs;
 use super::{models, ReasoningArgs};
@@ -132,6 +133,8 @@ struct RunArgs {
     editor: EditorArgs,
     #[command(flatten)]
     reasoning: ReasoningArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Args, Debug)]
@@ -210,6 +213,9 @@ fn run_dataset(ds: Dataset, a: RunArgs) -> anyhow::Result<()> {
     if ds.entries.is_empty() {
         bail!("the dataset {} has no samples", ds.root.display());
     }
+    // The device is left out of the run's components: they must match to resume, and a run
+    // may be resumed (or its shards run) on another device.
+    let device = a.device.open()?;
 
     let mut components = Components::default();
     if stage != Stage::Edit {
@@ -217,24 +223,27 @@ fn run_dataset(ds: Dataset, a: RunArgs) -> anyhow::Result<()> {
             .entries
             .iter()
             .all(|e| e.as_ref().map(|s| s.scene.is_some()).unwrap_or(true));
-        if let Some(paper) = a.scene_models.builder()? {
+        if let Some(paper) = a.scene_models.builder(&device)? {
             components.scene_builder = Some(paper);
         } else if !every_sample_has_ssr {
-            components.scene_builder = Some(default_scene_builder().context(
+            components.scene_builder = Some(default_scene_builder(&device).context(
                 "the ssr, plan and full stages build the SSR with the COCO detector unless --owlv2/--sam/--depth are given: run tools/setup-models.sh, use --stage edit, or give each sample its own SSR in a manifest (\"scene\")",
             )?);
         }
     }
     if stage.grounds() {
-        let chosen =
-            models::language_model(a.reasoning.llm.as_deref(), a.reasoning.llm_model.as_deref())?;
+        let chosen = models::language_model(
+            a.reasoning.llm.as_deref(),
+            a.reasoning.llm_model.as_deref(),
+            &device,
+        )?;
         components
             .extra_names
             .insert("language_model".into(), chosen.model.name());
         components.planner = Some(Arc::new(a.reasoning.planner(&chosen)));
     }
     if stage.edits() {
-        components.editor = Some(editor(&a.editor)?);
+        components.editor = Some(editor(&a.editor, &device)?);
     }
 
     let mut metrics: Vec<Arc<dyn SampleMetric>> = vec![Arc::new(PreservationMetrics)];
@@ -273,7 +282,7 @@ fn run_dataset(ds: Dataset, a: RunArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        match idcs_judge(&a)? {
+        match idcs_judge(&a, &device)? {
             Some(judge) => {
                 components.extra_names.insert(
                     "idcs".into(),
@@ -388,7 +397,7 @@ fn run_dataset(ds: Dataset, a: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The IDCS judge from `--vlm`, `--vlm-model` and `--judge-llm`: `None` without `--vlm`.
-fn idcs_judge(a: &RunArgs) -> anyhow::Result<Option<IdcsJudge>> {
+fn idcs_judge(a: &RunArgs, device: &ModelDevice) -> anyhow::Result<Option<IdcsJudge>> {
     let Some(url) = a.vlm.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
         if a.judge_llm.is_some() {
             bail!("--judge-llm scores what the --vlm model describes: add --vlm <url> --vlm-model <name>");
@@ -408,7 +417,7 @@ fn idcs_judge(a: &RunArgs) -> anyhow::Result<Option<IdcsJudge>> {
         .with_context(|| format!("configuring the vision model at {url}"))?;
     let scorer: Arc<dyn cielr::core::LanguageModel> = match a.judge_llm.as_deref() {
         Some(spec) => {
-            models::language_model(Some(spec), a.judge_llm_model.as_deref())
+            models::language_model(Some(spec), a.judge_llm_model.as_deref(), device)
                 .with_context(|| format!("configuring --judge-llm {spec}"))?
                 .model
         }

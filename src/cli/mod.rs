@@ -1,5 +1,6 @@
 //! Argument parsing and command dispatch for the `cielr` binary.
 
+mod device;
 mod edit;
 mod eval;
 mod models;

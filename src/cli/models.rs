@@ -9,6 +9,8 @@ use cielr::planner::gguf::smollm2_gguf_path;
 use cielr::planner::local::LocalLlm;
 use cielr::planner::openai::{OpenAiCompatible, OpenAiConfig};
 
+use super::device::{on_device, ModelDevice};
+
 const LLM_HELP: &str = "use --llm smollm2 (after tools/setup-models.sh fetches it), \
 --llm <model.gguf | HuggingFace folder>, --llm http://<server> --llm-model <name> for an \
 OpenAI-compatible server, or --llm scripted:<answers.json> (see docs/cli.md); CIELR_LLM sets the default";
@@ -22,10 +24,12 @@ pub struct ChosenModel {
 }
 
 /// Builds the language model named by `--llm`; without one, the default SmolLM2 model when
-/// it is in the model cache.
+/// it is in the model cache. Local models are loaded on `device`; served and scripted ones
+/// ignore it.
 pub fn language_model(
     spec: Option<&str>,
     served_model: Option<&str>,
+    device: &ModelDevice,
 ) -> anyhow::Result<ChosenModel> {
     let spec = spec
         .map(str::trim)
@@ -35,7 +39,7 @@ pub fn language_model(
         return served(spec, served_model);
     }
     if Path::new(spec).exists() {
-        return local(Path::new(spec));
+        return local(Path::new(spec), device);
     }
     let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
     match kind {
@@ -54,24 +58,26 @@ pub fn language_model(
             let path = smollm2_gguf_path().map_err(|e| {
                 anyhow::anyhow!("no language model is configured: the default SmolLM2 model is not in the cache ({e}); {LLM_HELP}")
             })?;
-            local(&path)
+            local(&path, device)
         }
         "local" => {
             if rest.is_empty() {
                 bail!("--llm local needs a path: --llm local:<model.gguf | HuggingFace folder>");
             }
-            local(Path::new(rest))
+            local(Path::new(rest), device)
         }
         other => bail!("unknown language model kind {other:?} in --llm {spec:?}: {LLM_HELP}"),
     }
 }
 
-fn local(path: &Path) -> anyhow::Result<ChosenModel> {
-    eprintln!("[llm] loading {}", path.display());
-    let model = LocalLlm::load(path)
-        .with_context(|| format!("loading the language model {}", path.display()))?;
+fn local(path: &Path, device: &ModelDevice) -> anyhow::Result<ChosenModel> {
+    eprintln!("[llm] loading {}{}", path.display(), device.suffix());
+    let model: Arc<dyn LanguageModel> = on_device!(device, |B, dev| Arc::new(
+        LocalLlm::<B>::load_on(path, dev)
+            .with_context(|| format!("loading the language model {}", path.display()))?
+    ));
     Ok(ChosenModel {
-        model: Arc::new(model),
+        model,
         targets: TargetSelection::Name,
     })
 }

@@ -7,6 +7,7 @@ use cielr::core::pipeline::{plan, Refiner};
 use cielr::core::Scene;
 use clap::Args;
 
+use super::device::DeviceArgs;
 use super::{models, progress, ReasoningArgs};
 
 /// Arguments of `cielr plan`.
@@ -29,11 +30,14 @@ pub struct PlanArgs {
     json: bool,
     #[command(flatten)]
     reasoning: ReasoningArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Runs `cielr plan`.
 pub fn run(a: PlanArgs) -> anyhow::Result<()> {
-    let builder = a.scene_models.builder()?;
+    let device = a.device.open()?;
+    let builder = a.scene_models.builder(&device)?;
     let image = match &a.image {
         Some(p) => Some(
             cielr::core::io::load_rgb(p)
@@ -55,8 +59,11 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
             "without --scene, cielr plan needs --image and the model folders (--owlv2 --sam --depth)"
         ),
     };
-    let chosen =
-        models::language_model(a.reasoning.llm.as_deref(), a.reasoning.llm_model.as_deref())?;
+    let chosen = models::language_model(
+        a.reasoning.llm.as_deref(),
+        a.reasoning.llm_model.as_deref(),
+        &device,
+    )?;
     let planner = a.reasoning.planner(&chosen);
     let out = pollster::block_on(plan(
         &planner,

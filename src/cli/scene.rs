@@ -23,6 +23,8 @@ use cielr::scene::SceneError;
 use clap::{Args, ValueEnum};
 use image::RgbImage;
 
+use super::device::{on_device, DeviceArgs, ModelDevice};
+
 /// The model folders of the paper's SSR builder (OWLv2 + SAM 2.1 or SAM + Depth Anything
 /// V2) and its main settings. Without the folders the default COCO detector builds the SSR.
 #[derive(Args, Debug, Clone)]
@@ -64,9 +66,9 @@ pub struct SceneModelArgs {
 }
 
 impl SceneModelArgs {
-    /// The paper's builder when the three folders are given, `None` when none is; an error
-    /// when only some are.
-    pub fn builder(&self) -> anyhow::Result<Option<Arc<dyn SceneBuilder>>> {
+    /// The paper's builder, its models on `device`, when the three folders are given; `None`
+    /// when none is; an error when only some are.
+    pub fn builder(&self, device: &ModelDevice) -> anyhow::Result<Option<Arc<dyn SceneBuilder>>> {
         let (o, s, d) = match (&self.owlv2, &self.sam, &self.depth) {
             (None, None, None) => return Ok(None),
             (Some(o), Some(s), Some(d)) => (o, s, d),
@@ -100,21 +102,20 @@ impl SceneModelArgs {
             ..Default::default()
         };
         eprintln!(
-            "[scene] loading OWLv2 from {}, SAM/SAM 2.1 from {}, Depth Anything from {}",
+            "[scene] loading OWLv2 from {}, SAM/SAM 2.1 from {}, Depth Anything from {}{}",
             o.display(),
             s.display(),
-            d.display()
+            d.display(),
+            device.suffix()
         );
-        let device = Default::default();
-        let builder = BurnSsrBuilder::<cielr::core::backend::CpuBackend>::from_dirs(
-            o, s, d, options, &device,
-        );
-        let builder = builder
-            .context("loading the paper's SSR builder")?
-            .with_progress(Arc::new(|stage: &str, message: &str| {
-                eprintln!("[{stage}] {message}")
-            }));
-        Ok(Some(Arc::new(builder)))
+        let builder: Arc<dyn SceneBuilder> = on_device!(device, |B, dev| Arc::new(
+            BurnSsrBuilder::<B>::from_dirs(o, s, d, options, dev)
+                .context("loading the paper's SSR builder")?
+                .with_progress(Arc::new(|stage: &str, message: &str| {
+                    eprintln!("[{stage}] {message}")
+                }))
+        ));
+        Ok(Some(builder))
     }
 }
 
@@ -125,6 +126,8 @@ pub struct SceneArgs {
     image: PathBuf,
     #[command(flatten)]
     models: SceneModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Labels to look for, comma-separated ("cup,table"); without them the builder uses its
     /// vocabulary (LVIS scan for the paper's builder, all COCO classes for the default one).
     #[arg(long, value_name = "LABELS")]
@@ -228,6 +231,7 @@ fn create_parent(path: &Path) -> anyhow::Result<()> {
 
 /// Runs `cielr scene`.
 pub fn run(a: SceneArgs) -> anyhow::Result<()> {
+    let device = a.device.open()?;
     let image =
         load_rgb(&a.image).with_context(|| format!("reading the image {}", a.image.display()))?;
     // The object list first: a bad --vlm answer fails before any model is loaded.
@@ -253,9 +257,9 @@ pub fn run(a: SceneArgs) -> anyhow::Result<()> {
             .map(String::from)
             .collect()
     };
-    let builder = match a.models.builder()? {
+    let builder = match a.models.builder(&device)? {
         Some(b) => b,
-        None => super::edit::default_scene_builder()?,
+        None => super::edit::default_scene_builder(&device)?,
     };
     let scene = pollster::block_on(builder.build(&image, &queries))
         .with_context(|| format!("building the SSR with {}", builder.name()))?;
