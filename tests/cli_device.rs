@@ -252,53 +252,6 @@ fn cpu_runs_the_lama_editor_as_before() {
     assert!(input.as_raw() != cpu.as_raw());
 }
 
-/// `--device cpu` builds the paper's SSR builder (tiny OWLv2, SAM, Depth Anything) through the
-/// device dispatch: the same SSR as without the option.
-#[test]
-fn cpu_builds_the_papers_scene_as_before() {
-    let dir = scratch("scene");
-    let fixture = |n: &str| root().join("crates/cielr-scene/tests/fixtures").join(n);
-    let run = |name: &str, device: Option<&str>| {
-        let json = dir.join(format!("{name}.json"));
-        let mut c = cielr();
-        c.arg("scene")
-            .arg(fixture("sam-tiny/image.png"))
-            .arg("--owlv2")
-            .arg(fixture("owlv2-tiny"))
-            .arg("--sam")
-            .arg(fixture("sam-tiny"))
-            .arg("--depth")
-            .arg(fixture("depth-anything-tiny"))
-            .args([
-                "--points-per-side",
-                "4",
-                "--pred-iou-thresh",
-                "0",
-                "--stability-score-thresh",
-                "0",
-                "--crop-n-layers",
-                "0",
-                "--box-threshold",
-                "0",
-                "--queries",
-                "cup,table",
-            ])
-            .arg("--out")
-            .arg(&json);
-        if let Some(d) = device {
-            c.args(["--device", d]);
-        }
-        let out = c.output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
-        std::fs::read_to_string(&json).unwrap()
-    };
-    let plain = run("plain", None);
-    let cpu = run("cpu", Some("cpu"));
-    assert_eq!(plain, cpu);
-    let scene = cielr::core::Scene::from_json(&cpu).unwrap();
-    assert!(!scene.objects.is_empty(), "{cpu}");
-}
-
 /// A HuggingFace folder the local loader takes, from cielr-planner's tiny random fixtures: the
 /// Qwen2 model (256 embeddings; its context raised, as RoPE allows, for byte-level prompts)
 /// and the tiny byte-level BPE tokenizer cut to the model's 256 ids, without merges.

@@ -401,3 +401,28 @@ fn scene_with_objects_listed_by_a_served_vlm() {
         "{stderr}"
     );
 }
+
+/// `--device cpu` builds the paper's SSR builder (tiny OWLv2, SAM, Depth Anything) through the
+/// device dispatch: the same SSR as without the option.
+#[test]
+fn scene_on_device_cpu_is_the_same_as_without_the_option() {
+    let dir = scratch("device-cpu");
+    let run = |name: &str, device: Option<&str>| {
+        let json = dir.join(format!("{name}.json"));
+        let mut c = cielr();
+        c.arg("scene").arg(fixture("sam-tiny/image.png"));
+        tiny_models(&mut c)
+            .args(["--queries", "cup,table", "--out"])
+            .arg(&json);
+        if let Some(d) = device {
+            c.args(["--device", d]);
+        }
+        ok(&c.output().unwrap());
+        std::fs::read_to_string(&json).unwrap()
+    };
+    let plain = run("plain", None);
+    let cpu = run("cpu", Some("cpu"));
+    assert_eq!(plain, cpu);
+    let scene = Scene::from_json(&cpu).unwrap();
+    assert!(!scene.objects.is_empty(), "{cpu}");
+}
