@@ -269,19 +269,24 @@ def build_lama(size, out):
     return [("lama", gen, lambda m, i: {"logits": m.model[:-1](i["input"])})], {"input": x}
 
 
+def qwen2_config(hidden, intermediate, layers, heads, tiny=False):
+    """A Qwen2 configuration with Qwen2.5's fixed choices (2 key/value heads, tied head, rope
+    theta 1e6); the real vocabulary and context unless `tiny`."""
+    from transformers import Qwen2Config
+    return Qwen2Config(vocab_size=512 if tiny else 151936, hidden_size=hidden,
+                       intermediate_size=intermediate, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=2,
+                       max_position_embeddings=256 if tiny else 32768, rope_theta=1000000.0,
+                       rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
 def build_llm(size, out):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
     if size == "full":  # Qwen2.5-0.5B dimensions
-        cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                          num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                          max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                          tie_word_embeddings=True)
+        cfg = qwen2_config(896, 4864, 24, 14)
         prompt, decode = 128, 16
     else:
-        cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128,
-                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=256, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                          tie_word_embeddings=True)
+        cfg = qwen2_config(64, 128, 2, 4, tiny=True)
         prompt, decode = 16, 4
     seed_all(1)
     m = Qwen2ForCausalLM(cfg).eval()
@@ -322,7 +327,7 @@ def build_e2e(size, out, dev):
     import shutil
     import numpy as np
     from PIL import Image
-    from transformers import CLIPTextConfig, CLIPTextModel, Owlv2Config, Owlv2ForObjectDetection, Qwen2Config
+    from transformers import CLIPTextConfig, CLIPTextModel, Owlv2Config, Owlv2ForObjectDetection
     from diffusers import AutoencoderKL, UNet2DConditionModel
     import depth_anything as da
     import diffusers_sched_vae as dv
@@ -417,16 +422,10 @@ def build_e2e(size, out, dev):
 
     # LLM: config only (Qwen2.5-1.5B dimensions at full size)
     if full:
-        lcfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                           num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                           max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                           tie_word_embeddings=True)
+        lcfg = qwen2_config(1536, 8960, 28, 12)
         prompt, generate = 256, 32
     else:
-        lcfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=256, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                           tie_word_embeddings=True)
+        lcfg = qwen2_config(64, 128, 2, 4, tiny=True)
         prompt, generate = 16, 4
     (out / "llm").mkdir(parents=True, exist_ok=True)
     lcfg.to_json_file(str(out / "llm" / "config.json"))
