@@ -295,20 +295,32 @@ fn gguf_random_corruption_never_panics() {
 fn quantized_matrices_unpack_like_the_dequantiser() {
     use cielr_planner::quant::QuantMatrix;
     let g = GgufFile::open(&fixture("gguf_tiny.gguf")).unwrap();
-    for name in ["quant.q8_0", "quant.q4_0", "quant.q4_1"] {
+    for name in [
+        "quant.q8_0",
+        "quant.q4_0",
+        "quant.q4_1",
+        "quant.q5_0",
+        "quant.q5_1",
+        "quant.q4_k",
+        "quant.q5_k",
+        "quant.q6_k",
+    ] {
         let (info, bytes) = g.tensor_bytes(name).unwrap();
+        assert!(QuantMatrix::supports(info.dtype), "{name}");
         let (rows, cols) = (info.shape[0], info.shape[1]);
         let q = QuantMatrix::from_gguf(info.dtype, rows, cols, &bytes).unwrap();
         let (_, want) = g.tensor_f32(name).unwrap();
         let got = q.dequantize();
         assert_eq!(got.len(), want.len(), "{name}");
-        let err = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs() / b.abs().max(1e-3)));
-        assert!(err < 1e-6, "{name}: max relative error {err}");
+        // The same values as candle's dequantiser: equal weights (bit-identical but for the
+        // sign of zero: Q4_0 forms `d * q - 8 d` where candle forms `(q - 8) * d`).
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(a == b, "{name}, weight {i}: {a} vs {b}");
+        }
     }
-    // K-quants are not multiplied as stored (they keep the dequantised f32 weights).
+    // K-quant rows must be whole 256-weight super-blocks; other types stay f32.
     let info = g.tensor_info("quant.q4_k").unwrap();
+    assert!(QuantMatrix::from_gguf(info.dtype, 1, 128, &[0; 72]).is_err());
+    let info = g.tensor_info("quant.q2_k").unwrap();
     assert!(!QuantMatrix::supports(info.dtype));
 }
