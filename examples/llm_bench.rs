@@ -15,8 +15,9 @@
 //! the median (and the best) is reported. Threads: Burn's `flex` backend uses rayon's global pool
 //! (`RAYON_NUM_THREADS`); `--split N` splits single-row projections into `N` blocks run on
 //! those threads (`Llama::with_matmul_split`, an experiment; off by default). `--quant` keeps
-//! the Q4_0/Q4_1/Q8_0 matrices as stored for decode steps (`Llama::from_gguf_quantized`,
-//! what `LocalLlm` does on the CPU); without it every weight is dequantised to `f32`.
+//! the block-quantised matrices (Q4_0/Q4_1/Q5_x/Q8_0/Q4_K/Q5_K/Q6_K) as stored for decode
+//! steps (`Llama::from_gguf_quantized`, what `LocalLlm` does on the CPU); without it every
+//! weight is dequantised to `f32`.
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Language-model speed on the CPU, side by side in one run: cielr-planner's Burn decoder
 # (examples/llm_bench.rs, release build; once with every weight dequantised to f32, once with
-# decode steps reading the Q4_0/Q4_1/Q8_0 matrices as stored, `--quant`, what `LocalLlm` does
+# decode steps reading the block-quantised matrices as stored, `--quant`, what `LocalLlm` does
 # on the CPU), PyTorch transformers on the same weights dequantised to float32, and llama.cpp
 # (llama-cpp-python) on the same GGUF.
 #

@@ -90,9 +90,10 @@ impl<B: Backend> LocalLlm<B> {
     }
 
     /// As [`LocalLlm::from_gguf`], on `device` of backend `B`. On the CPU backend the
-    /// matrices the file stores as Q4_0, Q4_1 or Q8_0 are also kept as stored for decode
-    /// steps ([`Llama::with_quantized_decode`]), which reads 4-6x fewer bytes per token;
-    /// other backends use the dequantised `f32` weights only.
+    /// matrices the file stores in a block format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+    /// Q6_K; [`crate::quant::QuantMatrix`]) are also kept as stored for decode steps
+    /// ([`Llama::with_quantized_decode`]), which then read 3-5x fewer bytes per token; other
+    /// backends use the dequantised `f32` weights only.
     pub fn from_gguf_on(path: &Path, device: &B::Device) -> Result<Self, PlannerError> {
         Self::from_gguf_with(path, device, is_cpu_backend::<B>())
     }

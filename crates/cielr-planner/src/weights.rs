@@ -246,8 +246,9 @@ impl GgufWeights<'_> {
     }
 
     /// The model's projection and head matrices as stored in the file, for
-    /// [`Llama::with_quantized_decode`]: every matrix stored as Q4_0, Q4_1 or Q8_0; the
-    /// others keep their `f32` weights (see [`QuantDecode::coverage`]).
+    /// [`Llama::with_quantized_decode`]: every matrix stored in a block format
+    /// ([`QuantMatrix::supports`]); the others keep their `f32` weights
+    /// ([`QuantDecode::coverage`] counts them).
     pub fn quantized_decode(&self, config: &LlamaConfig) -> Result<QuantDecode> {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
@@ -523,8 +524,9 @@ impl<B: Backend> Llama<B> {
         Self::from_gguf(&GgufFile::open(path)?, device)
     }
 
-    /// [`Llama::from_gguf`], with the matrices stored as Q4_0, Q4_1 or Q8_0 also kept as
-    /// stored for decode steps ([`Llama::with_quantized_decode`]; for CPU backends).
+    /// [`Llama::from_gguf`], with the matrices stored in a block format
+    /// ([`QuantMatrix::supports`]) also kept as stored for decode steps
+    /// ([`Llama::with_quantized_decode`]; for CPU backends).
     pub fn from_gguf_quantized(file: &GgufFile, device: &B::Device) -> Result<Self> {
         let model = Self::from_gguf(file, device)?;
         let quant = GgufWeights::new(file, model.config()).quantized_decode(model.config())?;
