@@ -6,10 +6,10 @@
 //! gpu_check MODEL DIR [--device cpu|cuda] [--repeats N] [--precision f32|f16|bf16]
 //! ```
 //!
-//! MODEL is one of `clip owlv2 sam sam-decoder depth unet vae lama llm e2e`. Prints one line
-//! per row and writes `DIR/ours.json` (f32) or `DIR/ours-<precision>.json` (`rows`: name,
-//! precision, max_abs, max_rel, ref_max_abs, ours_ms), which `tools/gpu/table.py` joins with
-//! `DIR/torch.json`. Timing: two warm-up calls, then the median of N calls (default 5), each
+//! MODEL is one of `clip owlv2 sam sam-decoder depth unet vae lama llm e2e sd-inpaint`. Prints
+//! one line per row and writes `DIR/ours.json` (f32) or `DIR/ours-<precision>.json` (`rows`:
+//! name, precision, max_abs, max_rel, ref_max_abs, ours_ms), which `tools/gpu/table.py` joins
+//! with `DIR/torch.json`. Timing: two warm-up calls, then the median of N calls (default 5), each
 //! ended by `Backend::sync` so queued device work is counted.
 //!
 //! Half precision (`--precision f16|bf16`): the device's default float dtype is set before any
@@ -24,6 +24,10 @@
 //! length (prompt and generated token counts from `torch.json`, greedy on random logits) with a
 //! Qwen2-shaped LLM whose random weights are initialised here from its `config.json`, and an
 //! SD inpainting run; one cold pass (kernel compilation, autotuning) then one timed pass.
+//!
+//! `sd-inpaint` runs the whole SD inpainting pipeline (20 DDIM steps, guidance 7.5, injected
+//! initial noise) on the folder and inputs `ref.py` wrote and compares the final image and
+//! latents with diffusers' `StableDiffusionInpaintPipeline`.
 //!
 //! Driven by `tools/gpu/check.sh`; builds and runs on CPU too (`--device cpu`, the flex
 //! backend); `--device cuda` needs the `cuda` feature and a CUDA driver.
@@ -98,9 +102,20 @@ fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 fn median_ms<B: Backend>(
     device: &B::Device,
     repeats: usize,
+    f: impl FnMut() -> Res<()>,
+) -> Res<f64> {
+    median_after::<B>(device, 2, repeats, f)
+}
+
+/// Median milliseconds of `repeats` calls of `f` after `warmups` calls, each call followed by
+/// a device synchronisation.
+fn median_after<B: Backend>(
+    device: &B::Device,
+    warmups: usize,
+    repeats: usize,
     mut f: impl FnMut() -> Res<()>,
 ) -> Res<f64> {
-    for _ in 0..2 {
+    for _ in 0..warmups {
         f()?;
     }
     B::sync(device).map_err(|e| format!("device sync: {e:?}"))?;
@@ -262,6 +277,7 @@ where
         }
         "llm" => run_llm::<B>(case, device, repeats)?,
         "e2e" => run_e2e::<B>(case, device)?,
+        "sd-inpaint" => run_sd_inpaint::<B>(case, device)?,
         other => return Err(format!("unknown model `{other}`").into()),
     };
     Ok(rows)
@@ -316,6 +332,84 @@ fn run_sam_decoder<B: Backend>(case: &Case, device: &B::Device, repeats: usize) 
         case.row("sam-decoder", "pred_masks", masks, ms)?,
         iou_row,
     ])
+}
+
+/// The whole SD inpainting pipeline (`SdInpaintPipeline::run`) on the folder, image, mask and
+/// initial noise `ref.py sd-inpaint` wrote, with its prompts, steps and guidance (strength 1):
+/// the final image (row `sd-inpaint-<steps>`, with the time of the whole run: prompt encoding,
+/// VAE encode, the steps, VAE decode and the image's read-back) and the final latents
+/// (`-latents`, same run, no time of its own). The output run is the warm-up, then the median
+/// of `timing_repeats` runs (from `torch.json`, as the torch side times it).
+fn run_sd_inpaint<B: Backend>(case: &Case, device: &B::Device) -> Res<Vec<Row>> {
+    use cielr_diffusion::sd_inpaint::{InpaintParams, SdInpaintPipeline};
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(case.dir.join("torch.json"))?)?;
+    let text = |k: &str| -> Res<String> {
+        Ok(meta[k]
+            .as_str()
+            .ok_or_else(|| format!("torch.json has no `{k}`"))?
+            .to_string())
+    };
+    let num = |k: &str| -> Res<f64> {
+        meta[k]
+            .as_f64()
+            .ok_or_else(|| format!("torch.json has no `{k}`").into())
+    };
+    let params = InpaintParams {
+        prompt: text("prompt")?,
+        negative_prompt: text("negative_prompt")?,
+        steps: num("steps")? as usize,
+        guidance: num("guidance")? as f32,
+        strength: num("strength")? as f32,
+        seed: 0,
+    };
+    let repeats = num("timing_repeats")? as usize;
+    // The image ([1, 3, H, W] in [0, 1], 8-bit values) and the 0/1 mask, back to pixels.
+    let (ishape, pixels) = case.inputs.read("image")?;
+    let [1, 3, h, w] = ishape.as_slice() else {
+        return Err(format!("input image has shape {ishape:?}, expected [1, 3, H, W]").into());
+    };
+    let (h, w) = (*h, *w);
+    let (mshape, mask_v) = case.inputs.read("mask")?;
+    if mshape.as_slice() != [1, 1, h, w] {
+        return Err(format!("input mask has shape {mshape:?}, expected [1, 1, {h}, {w}]").into());
+    }
+    let plane = h * w;
+    let image = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let at = |c: usize| {
+            (pixels[c * plane + y as usize * w + x as usize] * 255.0)
+                .round()
+                .clamp(0.0, 255.0) as u8
+        };
+        image::Rgb([at(0), at(1), at(2)])
+    });
+    let mask = cielr_core::mask::Mask::from_fn(w as u32, h as u32, |x, y| {
+        mask_v[y as usize * w + x as usize] > 0.5
+    })?;
+    let t = Instant::now();
+    let sd = SdInpaintPipeline::<B>::from_dir(&case.dir, device)?;
+    let noise = case.input::<B, 4>("noise", device)?;
+    eprintln!(
+        "[ours] loaded in {:.2} s ({:?} scheduler, {w}x{h}, {} steps)",
+        t.elapsed().as_secs_f64(),
+        sd.scheduler_kind(),
+        params.steps
+    );
+    let once = || -> Res<(Vec<f32>, Vec<f32>)> {
+        let out = sd.run(&image, &mask, &params, Some(noise.clone()), &mut |_| {})?;
+        Ok((values(out.image), values(out.latents)))
+    };
+    let (out, cold_ms) = timed::<B, _>(device, &once)?;
+    let (image_v, latents_v) = out;
+    eprintln!("[ours] first (cold) run {cold_ms:.0} ms");
+    let ms = median_after::<B>(device, 0, repeats, || {
+        once()?;
+        Ok(())
+    })?;
+    let name = format!("sd-inpaint-{}", params.steps);
+    let mut latents_row = case.row(&format!("{name}-latents"), "latents", latents_v, 0.0)?;
+    latents_row.ours_ms = None;
+    Ok(vec![case.row(&name, "image", image_v, ms)?, latents_row])
 }
 
 /// Milliseconds of `f`, ended by a device synchronisation.

@@ -6,8 +6,9 @@
 #
 # Usage: tools/gpu/check.sh [--device cpu|cuda] [--size reduced|full] [--only a,b,...]
 #                           [--repeats N] [--out DIR] [--bin PATH] [--no-half]
-#   models: llm clip owlv2 sam sam-decoder depth unet vae lama e2e (default: all, in that
-#           order; e2e is the time-only end-to-end edit, see tools/gpu/README.md)
+#   models: llm clip owlv2 sam sam-decoder depth unet vae lama sd-inpaint e2e (default: all,
+#           in that order; sd-inpaint is the whole 20-step inpainting pipeline against
+#           diffusers; e2e is the time-only end-to-end edit, see tools/gpu/README.md)
 #   --no-half  skip our half-precision runs (by default each model but e2e runs a second time
 #           in half precision: f16 on CUDA, bf16 on CPU, the dtype torch's half rows use)
 #   --bin   our binary (default: with --device cuda target/gpu-carry/gpu_check if present,
@@ -31,14 +32,14 @@ while [ $# -gt 0 ]; do
         --out) out="$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
         --no-half) half=0; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 case "$device" in cpu|cuda) ;; *) echo "--device cpu|cuda" >&2; exit 2 ;; esac
 case "$size" in reduced|full) ;; *) echo "--size reduced|full" >&2; exit 2 ;; esac
 models="${only//,/ }"
-[ -n "$models" ] || models="llm clip owlv2 sam sam-decoder depth unet vae lama e2e"
+[ -n "$models" ] || models="llm clip owlv2 sam sam-decoder depth unet vae lama sd-inpaint e2e"
 if [ "$device" = cuda ]; then halfp=f16; else halfp=bf16; fi
 
 if [ -z "${PYTHON:-}" ]; then

@@ -3,7 +3,7 @@
 
     ref.py MODEL SIZE DEVICE OUT_DIR [REPEATS]
 
-MODEL: clip | owlv2 | sam | sam-decoder | depth | unet | vae | lama | llm | e2e.
+MODEL: clip | owlv2 | sam | sam-decoder | depth | unet | vae | lama | llm | e2e | sd-inpaint.
 SIZE: reduced | full.
 DEVICE: cpu | cuda.  Builds the model with the reference library (transformers, diffusers,
 LaMa's own module code) from a fixed seed with random weights, writes its checkpoint in the
@@ -442,8 +442,182 @@ def build_e2e(size, out, dev):
             "queries": ["cat", "dog", "chair", "lamp"], "image_size": n}
 
 
+def build_sd_inpaint(size, out, dev, repeats):
+    """The whole inpainting pipeline against diffusers' `StableDiffusionInpaintPipeline`:
+    writes a random SD-1.5-inpainting-layout folder (model_index.json, unet/ with 9 input
+    channels, vae/, text_encoder/ with `text_model.*` names, tokenizer/ as vocab.json +
+    merges.txt (the tiny CLIP BPE fixture, 77 tokens), scheduler/ (DDIM, SD-1.5 settings)),
+    `inputs.safetensors` (image [1,3,H,W] in [0,1], mask [1,1,H,W] of 0/1, noise [1,4,h,w]:
+    the injected `latents`, so both sides start from the same noise), runs the pipeline (prompt
+    + negative prompt, 20 steps, guidance 7.5, strength 1, `padding_mask_crop=None`, no
+    safety checker, `output_type="np"`) and writes the final image and the final latents (from
+    `callback_on_step_end`) to `reference.safetensors` and the rows to `torch.json`.
+
+    Full size: the real SD-1.5 widths (UNet [320, 640, 1280, 1280], SD VAE, CLIP ViT-L/14 text
+    encoder) at 512x512.  Reduced: the tiny widths of the `unet` / `vae` rows (factor-2 VAE) at
+    64x64 (`SD_INPAINT_PX` in the environment sets another side).  diffusers samples the VAE
+    posterior of the masked image with its generator; cielr uses its mean, so
+    `retrieve_latents` is patched to the mean (as in tools/parity/diffusers_inpaint.py): the
+    only departure from the stock pipeline.  The f32 reference runs with TF32 off (cuDNN and
+    matmul), so it is f32 arithmetic on CUDA too.
+
+    Timing: the reference run is the warm-up, then the median of `min(repeats, 2)` runs (full)
+    or `min(repeats, 3)` (reduced); the same count is written as `timing_repeats` for our side.
+    Half: the same pipeline cast in place (fp16 on CUDA, bf16 on CPU) after the f32 runs."""
+    import shutil
+    import numpy as np
+    from PIL import Image
+    import diffusers
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint as sdi
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    import diffusers_sched_vae as dv
+    import diffusers_unet as du
+    full = size == "full"
+    tok_dir = ROOT / "crates/cielr-diffusion/tests/fixtures/clip-bpe-tiny"
+    steps, guidance = 20, 7.5
+    prompt, negative = "a red armchair by the window", "blurry, low quality"
+    # SD_INPAINT_PX: another image side (a multiple of 64 at full size, of 4 reduced), e.g. the
+    # full widths at a small image for a CPU check of the full-size path.
+    n = int(os.environ.get("SD_INPAINT_PX", 512 if full else 64))
+    t_repeats = min(repeats, 2 if full else 3)
+
+    def on_device(make):
+        # Random init on the accelerator: seconds instead of minutes at full size.
+        try:
+            with torch.device(dev):
+                return make()
+        except Exception:
+            return make()
+
+    tok = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
+                        pad_token="!", model_max_length=77)
+    vocab = tok.get_vocab()
+    if full:
+        ucfg, vcfg = du.SD15_INPAINTING_UNET, dv.SD_VAE
+        width, layers, heads, inter = 768, 12, 12, 3072
+    else:
+        ucfg = dict(du.CONFIGS["unet-tiny-sd15"], block_out_channels=[16, 32], norm_num_groups=8,
+                    cross_attention_dim=16, sample_size=n // 2)
+        vcfg = dict(dv.SD_VAE, block_out_channels=[16, 32], norm_num_groups=8, layers_per_block=1,
+                    down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                    sample_size=n)
+        width, layers, heads, inter = 16, 2, 2, 32
+    tcfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=width, intermediate_size=inter,
+                          num_hidden_layers=layers, num_attention_heads=heads,
+                          max_position_embeddings=77, hidden_act="quick_gelu",
+                          bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                          pad_token_id=vocab["!"])
+    seed_all(3)
+    unet = on_device(lambda: UNet2DConditionModel(**ucfg)).eval()
+    perturb(unet, 4)
+    vae = dv.random_vae(vcfg, 11, f16_values=False)
+    seed_all(5)
+    te = on_device(lambda: CLIPTextModel(tcfg)).eval()
+    perturb(te, 6)
+    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
+                          steps_offset=1)
+
+    # The folder, as diffusers lays out an inpainting checkpoint.
+    unet.save_pretrained(out / "unet", safe_serialization=True, max_shard_size="100GB")
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    te.save_pretrained(out / "text_encoder")
+    for f in (out / "text_encoder").glob("*.safetensors"):
+        f.unlink()
+    # Published SD checkpoints name the weights `text_model.*` (transformers 5 drops the prefix).
+    save_file({(k if k.startswith("text_model.") else "text_model." + k): v.detach().cpu().contiguous()
+               for k, v in te.state_dict().items()}, str(out / "text_encoder" / "model.safetensors"))
+    sched.save_pretrained(out / "scheduler")
+    (out / "tokenizer").mkdir(exist_ok=True)
+    for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(tok_dir / f, out / "tokenizer" / f)
+    (out / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionInpaintPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "safety_checker": [None, None],
+        "requires_safety_checker": False, "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}, indent=2) + "\n")
+
+    # Inputs: smooth random colours, a box mask whose edges are not on the latent grid.
+    g = torch.Generator().manual_seed(9)
+    low = torch.rand(1, 3, 8, 8, generator=g)
+    img = torch.nn.functional.interpolate(low, size=(n, n), mode="bilinear", align_corners=False)[0]
+    img_u8 = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    m_u8 = np.zeros((n, n), np.uint8)
+    m_u8[n * 3 // 16 + 3:n * 11 // 16 + 5, n // 4 + 1:n * 13 // 16 + 2] = 255
+    f = 2 ** (len(vcfg["block_out_channels"]) - 1)  # the VAE's downsampling factor
+    noise = torch.randn(1, vae.config.latent_channels, n // f, n // f, generator=torch.Generator().manual_seed(10))
+    save_file({"image": torch.from_numpy(img_u8).permute(2, 0, 1)[None].float().div(255).contiguous(),
+               "mask": torch.from_numpy(m_u8 > 127)[None, None].float().contiguous(),
+               "noise": noise.contiguous()}, str(out / "inputs.safetensors"))
+
+    # The stock pipeline at the settings cielr runs, but the posterior mean (see above).
+    sdi.retrieve_latents = lambda enc, generator=None, sample_mode="sample": enc.latent_dist.mode()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
+                                          scheduler=sched, safety_checker=None,
+                                          feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(dev, torch.float32)
+    assert pipe.unet.config.in_channels == 9 and pipe.safety_checker is None
+    image, mask = Image.fromarray(img_u8), Image.fromarray(m_u8)
+    last = {}
+
+    def on_step(p, i, t, kw):
+        if i == steps - 1:
+            last["latents"] = kw["latents"].detach().float().cpu().contiguous()
+        return {}
+
+    def run(dtype):
+        last.clear()
+        res = pipe(prompt=prompt, negative_prompt=negative, image=image, mask_image=mask,
+                   height=n, width=n, padding_mask_crop=None, strength=1.0,
+                   num_inference_steps=steps, guidance_scale=guidance, eta=0.0,
+                   latents=noise.to(dev, dtype), output_type="np",
+                   callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"])
+        return {"image": torch.from_numpy(res.images).permute(0, 3, 1, 2).float().contiguous(),
+                "latents": last["latents"]}
+
+    names = {"image": f"sd-inpaint-{steps}", "latents": f"sd-inpaint-{steps}-latents"}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        ref = run(torch.float32)
+    cold_ms = (time.perf_counter() - t0) * 1e3
+    ms = timed_ms(lambda: run(torch.float32), dev, t_repeats, warmup=0)
+    rows = [{"name": names[k], "precision": "f32", "torch_ms": ms if k == "image" else None}
+            for k in ("image", "latents")]
+    save_file(ref, str(out / "reference.safetensors"))
+    hd = half_dtype(dev)
+    hname = str(hd).replace("torch.", "")
+    try:
+        pipe.to(dev, hd)
+        with torch.inference_mode():
+            hout = run(hd)
+        hms = timed_ms(lambda: run(hd), dev, t_repeats, warmup=0)
+        for k in ("image", "latents"):
+            ha, hr = errors(hout[k], ref[k])
+            rows.append({"name": names[k], "precision": hname, "torch_ms": hms if k == "image" else None,
+                         "torch_half_vs_f32_abs": ha, "torch_half_vs_f32_rel": hr})
+    except Exception as e:  # reported, not hidden
+        for k in ("image", "latents"):
+            rows.append({"name": names[k], "precision": hname,
+                         "error": f"torch half failed: {type(e).__name__}: {e}"[:200]})
+    meta = {"model": "sd-inpaint", "size": size, "device": dev.type, "repeats": repeats,
+            "timing_repeats": t_repeats, "torch_cold_ms": cold_ms, "prompt": prompt,
+            "negative_prompt": negative, "steps": steps, "guidance": guidance, "strength": 1.0,
+            "image_size": n, "scheduler": type(sched).__name__, "f32_tf32": False,
+            "diffusers": diffusers.__version__, "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None, "rows": rows}
+    (out / "torch.json").write_text(json.dumps(meta, indent=1) + "\n")
+    for r in rows:
+        print(f"[torch] {r}")
+
+
 BUILDERS = dict(clip=build_clip, owlv2=build_owlv2, sam=build_sam, depth=build_depth,
-                **{"sam-decoder": build_sam_decoder}, e2e=None,
+                **{"sam-decoder": build_sam_decoder, "sd-inpaint": None}, e2e=None,
                 unet=build_unet, vae=build_vae, lama=build_lama, llm=build_llm)
 
 
@@ -463,6 +637,10 @@ def main():
         (out / "torch.json").write_text(json.dumps(meta, indent=1) + "\n")
         print(f"[torch] e2e {size}: random-weight checkpoints written in {time.perf_counter() - t0:.1f} s "
               "(time-only row: no torch run)")
+        return
+    if name == "sd-inpaint":
+        build_sd_inpaint(size, out, dev, repeats)
+        print(f"[torch] sd-inpaint {size} on {device}: {time.perf_counter() - t0:.1f} s")
         return
     built = BUILDERS[name](size, out)
     cases, inputs = built[0], built[1]
