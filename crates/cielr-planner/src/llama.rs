@@ -879,6 +879,10 @@ pub struct LlamaModel<B: Backend> {
 /// seen so far, `[batch, kv_heads, positions, head_dim]`, and how many of the first positions
 /// of each row are left padding (a batch of prompts of different lengths,
 /// [`Llama::prefill_batch`]).
+///
+/// Each forward extends every layer's tensors with `Tensor::cat` (a copy of the cache). A
+/// preallocated buffer written with `slice_assign` and a two-block cache were measured slower
+/// on the `flex` CPU backend (docs/performance.md, "Language model").
 #[derive(Debug, Clone)]
 pub struct LlamaCache<B: Backend> {
     layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
@@ -1578,5 +1582,117 @@ mod tests {
         let logits = model.next_token_logits(&[1, 2, 3], &mut cache).unwrap();
         assert_eq!(logits.len(), 40);
         assert!(logits.iter().all(|l| l.is_finite()));
+    }
+
+    type Cpu = cielr_core::backend::CpuBackend;
+
+    /// A tiny random model with grouped-query attention and room for 1024 positions.
+    fn tiny_gqa_model() -> Llama<Cpu> {
+        let config = LlamaConfig::from_json_str(
+            r#"{"model_type": "llama", "vocab_size": 48, "hidden_size": 32,
+                "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 1024,
+                "tie_word_embeddings": false}"#,
+        )
+        .unwrap();
+        config.init::<Cpu>(&Default::default()).unwrap()
+    }
+
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    }
+
+    #[test]
+    fn long_decode_matches_prefill() {
+        // 600 positions: decode steps one at a time, a 50-token chunk in the middle and a
+        // clone of the cache continued on its own; every position's logits must equal those
+        // of one prefill of the same 600 tokens.
+        let model = tiny_gqa_model();
+        let n = 600;
+        let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 31 + 7) % 48).collect();
+        let full = model
+            .forward_tokens(&tokens, &mut model.new_cache())
+            .unwrap()
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let vocab = 48;
+        let want = |i: usize| &full[i * vocab..(i + 1) * vocab];
+        let scale = full.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.1, "logits too small to compare ({scale})");
+
+        let mut cache = model.new_cache();
+        let mut err = 0.0f32;
+        let mut clone_at_420 = None;
+        let mut i = 0;
+        while i < n {
+            if i == 300 {
+                let chunk = model
+                    .forward_tokens(&tokens[300..350], &mut cache)
+                    .unwrap()
+                    .into_data()
+                    .into_vec::<f32>()
+                    .unwrap();
+                err = err.max(max_abs_diff(&chunk, &full[300 * vocab..350 * vocab]));
+                i = 350;
+                continue;
+            }
+            if i == 420 {
+                clone_at_420 = Some(cache.clone());
+            }
+            let got = model.next_token_logits(&tokens[i..=i], &mut cache).unwrap();
+            err = err.max(max_abs_diff(&got, want(i)));
+            i += 1;
+        }
+        assert_eq!(cache.len(), n);
+        // The clone is unaffected by what the original cached after it was taken.
+        let mut clone = clone_at_420.unwrap();
+        assert_eq!(clone.len(), 420);
+        for i in 420..500 {
+            let got = model.next_token_logits(&tokens[i..=i], &mut clone).unwrap();
+            err = err.max(max_abs_diff(&got, want(i)));
+        }
+        println!("600 positions, decode vs prefill: max abs error {err:e} (logits up to {scale})");
+        assert!(err < 1e-4, "decode differs from prefill by {err}");
+    }
+
+    #[test]
+    fn long_padded_batch_decode_matches_rows_alone() {
+        // Two prompts of different lengths, decoded together for 150 steps with the padding
+        // mask, against each row run alone.
+        let model = tiny_gqa_model();
+        let prompts: [Vec<u32>; 2] = [vec![3, 1, 4], (0..70).map(|i| (i * 5 + 2) % 48).collect()];
+        let steps = 150;
+        let next = |r: usize, j: usize| ((j * 7 + r * 11 + 1) % 48) as u32;
+        let mut cache = model.new_cache();
+        let mut batched = vec![model
+            .prefill_batch(&[&prompts[0], &prompts[1]], &mut cache)
+            .unwrap()];
+        for j in 0..steps {
+            batched.push(
+                model
+                    .decode_batch(&[next(0, j), next(1, j)], &mut cache)
+                    .unwrap(),
+            );
+        }
+        let mut err = 0.0f32;
+        for (r, prompt) in prompts.iter().enumerate() {
+            let mut alone = model.new_cache();
+            let got = model.next_token_logits(prompt, &mut alone).unwrap();
+            err = err.max(max_abs_diff(&got, &batched[0][r]));
+            for j in 0..steps {
+                let got = model.next_token_logits(&[next(r, j)], &mut alone).unwrap();
+                err = err.max(max_abs_diff(&got, &batched[j + 1][r]));
+            }
+        }
+        println!("padded batch vs rows alone, 150 steps: max abs error {err:e}");
+        assert!(
+            err < 1e-4,
+            "batched decode differs from rows alone by {err}"
+        );
     }
 }
