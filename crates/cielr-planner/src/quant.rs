@@ -214,6 +214,11 @@ impl QuantMatrix {
             T::Q6_K => (QuantFormat::Bytes, SUPER_BLOCK, 210),
             other => return Err(format!("{other:?} is not a supported block format")),
         };
+        if rows == 0 {
+            // An empty matrix has nothing to multiply, and its width is unchecked by the
+            // file's length (found by fuzzing: 0 x 2^41).
+            return Err(format!("an empty matrix ({rows} x {cols})"));
+        }
         if cols == 0 || !cols.is_multiple_of(block_weights) {
             return Err(format!(
                 "rows of {cols} weights are not whole {dtype:?} blocks of {block_weights}"

@@ -3,7 +3,8 @@
 //! allocated from it, and malformed files fail with an error naming the file. A counting
 //! allocator checks the "before anything is allocated" part.
 
-use cielr_planner::gguf::GgufFile;
+use cielr_planner::gguf::{GgufDType, GgufFile};
+use cielr_planner::quant::QuantMatrix;
 
 #[path = "../../cielr-core/tests/support/fuzz_support.rs"]
 mod fuzz_support;
@@ -239,7 +240,8 @@ fn a_file_truncated_after_opening_fails_when_read() {
 }
 
 /// Every input the `gguf` fuzz target found (fuzz/, `tools/fuzz/run.sh`) opens and reads
-/// every tensor without a panic, as the target does.
+/// every tensor without a panic, as the target does; matrices in a block format unpack as
+/// stored (`QuantMatrix`) without a large allocation and multiply one input row.
 #[test]
 fn gguf_fuzz_findings() {
     for (path, _) in fixtures("gguf") {
@@ -248,11 +250,38 @@ fn gguf_fuzz_findings() {
             for name in f.tensor_names() {
                 if let Ok((shape, values)) = f.tensor_f32(&name) {
                     assert_eq!(shape.iter().product::<usize>(), values.len());
+                    check_as_stored(&f, &name, &shape, &values);
                 }
                 let _ = f.tensor_info(&name).unwrap().elem_count();
             }
         }
     }
+}
+
+/// What the `gguf` target does with a matrix stored in a block format.
+fn check_as_stored(f: &GgufFile, name: &str, shape: &[usize], values: &[f32]) {
+    let (Ok((info, bytes)), &[rows, cols]) = (f.tensor_bytes(name), shape) else {
+        return;
+    };
+    if !QuantMatrix::supports(info.dtype) {
+        return;
+    }
+    let (q, peak) = peak_during(|| QuantMatrix::from_gguf(info.dtype, rows, cols, &bytes));
+    assert!(peak < 64 * MIB, "{name}: {peak} bytes allocated");
+    let Ok(q) = q else {
+        return;
+    };
+    let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+    assert!(q.dequantize().iter().zip(values).all(|(&a, &b)| same(a, b)));
+    assert_eq!(q.matmul(&vec![1.0; cols]).unwrap().len(), rows);
+}
+
+/// Found by fuzzing: a Q4_K matrix of 0 x 2^41 passed every check (no bytes to hold) and the
+/// caller then sized an input row by its width. Empty matrices are refused.
+#[test]
+fn an_empty_block_matrix_is_refused() {
+    let e = QuantMatrix::from_gguf(GgufDType::Q4_K, 0, 1 << 41, &[]).unwrap_err();
+    assert!(e.contains("empty matrix"), "{e}");
 }
 
 #[test]
