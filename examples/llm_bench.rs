@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example llm_bench -- [MODEL.gguf] [--prompt-len N] [--decode N]
-//!     [--repeats N] [--warmup N] [--split N] [--quant]
+//!     [--repeats N] [--warmup N] [--split N] [--quant] [--compact]
 //! ```
 //!
 //! `MODEL.gguf` defaults to the cached SmolLM2-135M-Instruct GGUF
@@ -17,7 +17,9 @@
 //! those threads (`Llama::with_matmul_split`, an experiment; off by default). `--quant` keeps
 //! the block-quantised matrices (Q4_0/Q4_1/Q5_x/Q8_0/Q4_K/Q5_K/Q6_K) as stored for decode
 //! steps (`Llama::from_gguf_quantized`, what `LocalLlm` does on the CPU); without it every
-//! weight is dequantised to `f32`.
+//! weight is dequantised to `f32`. `--compact` holds those matrices as stored only, with no
+//! `f32` copy (`Llama::from_gguf_compact`; prefill dequantises one matrix at a time). The
+//! resident memory after loading (VmRSS) is printed as `rss_after_load_mb` (Linux).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut model_path: Option<PathBuf> = None;
     let mut split: Option<usize> = None;
     let mut quant = false;
+    let mut compact = false;
     let (mut prompt_len, mut decode, mut repeats, mut warmup) = (128usize, 64usize, 5usize, 1usize);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -57,6 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--warmup" => warmup = num("--warmup")?,
             "--split" => split = Some(num("--split")?),
             "--quant" => quant = true,
+            "--compact" => compact = true,
             _ if a.starts_with("--") => return Err(format!("unknown option {a}").into()),
             _ => model_path = Some(PathBuf::from(a)),
         }
@@ -72,7 +76,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Default::default();
     let t0 = Instant::now();
     let file = GgufFile::open(&path)?;
-    let mut model = if quant {
+    let mut model = if compact {
+        Llama::<CpuBackend>::from_gguf_compact(&file, &device)?
+    } else if quant {
         Llama::<CpuBackend>::from_gguf_quantized(&file, &device)?
     } else {
         Llama::<CpuBackend>::from_gguf(&file, &device)?
@@ -81,6 +87,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model = model.with_matmul_split(n);
     }
     let load_s = t0.elapsed().as_secs_f64();
+    let rss_mb = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(-1.0, |kb| kb / 1024.0);
     let vocab = model.config().vocab_size;
     let prompt: Vec<u32> = (0..prompt_len)
         .map(|i| ((i * 7919 + 17) % vocab) as u32)
@@ -119,12 +132,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (pb, db) = (best(&prefill), best(&decode_t));
     let (p, d) = (median(prefill), median(decode_t));
     println!(
-        "{{\"impl\": \"cielr (Burn flex, {}, split {})\", \"threads\": {}, \"load_s\": {:.2}, \
+        "{{\"impl\": \"cielr (Burn flex, {}, split {})\", \"threads\": {}, \"load_s\": {:.2}, \"rss_after_load_mb\": {rss_mb:.0}, \
          \"prompt_tokens\": {prompt_len}, \"decode_tokens\": {decode}, \"repeats\": {repeats}, \
          \"prefill_s\": {p:.4}, \"decode_s\": {d:.4}, \"prefill_tokens_per_s\": {:.1}, \
          \"decode_tokens_per_s\": {:.1}, \"prefill_best_tokens_per_s\": {:.1}, \
          \"decode_best_tokens_per_s\": {:.1}}}",
-        if quant {
+        if compact {
+            "weights as stored only"
+        } else if quant {
             "decode with weights as stored"
         } else {
             "f32"

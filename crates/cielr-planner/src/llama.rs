@@ -636,13 +636,41 @@ fn project<B: Backend>(
     x: Tensor<B, 3>,
     split: usize,
 ) -> Tensor<B, 3> {
-    match quant.and_then(|q| quant_forward(q, &x)) {
-        Some(y) => match &lin.bias {
-            Some(bias) => y + bias.val().unsqueeze::<3>(),
-            None => y,
-        },
-        None => linear_split(lin, x, split),
+    let y = match (quant.and_then(|q| quant_forward(q, &x)), quant) {
+        (Some(y), _) => y,
+        (None, Some(q)) if is_elided(&lin.weight) => {
+            let device = x.device();
+            x.matmul(dense_transposed::<B>(q, &device).unsqueeze::<3>())
+        }
+        (None, _) => return linear_split(lin, x, split),
+    };
+    match &lin.bias {
+        Some(bias) => y + bias.val().unsqueeze::<3>(),
+        None => y,
     }
+}
+
+/// Whether a weight is elided: a `[0, 0]` placeholder for a matrix held only as stored
+/// ([`Llama::from_gguf_compact`]); its [`QuantMatrix`] stands in for it.
+pub fn is_elided<B: Backend>(weight: &Param<Tensor<B, 2>>) -> bool {
+    weight.dims() == [0, 0]
+}
+
+/// The `[0, 0]` placeholder weight of a matrix held only as stored ([`is_elided`]).
+pub fn elided_weight<B: Backend>(device: &B::Device) -> Param<Tensor<B, 2>> {
+    param(Tensor::from_data(
+        TensorData::new(Vec::<f32>::new(), [0, 0]),
+        device,
+    ))
+}
+
+/// A temporary dense `f32` copy of `q`, transposed to `[in, out]` (for a product of more
+/// than [`QUANT_MAX_ROWS`] rows with an elided weight); freed when dropped.
+fn dense_transposed<B: Backend>(q: &QuantMatrix, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(
+        TensorData::new(q.dequantize_transposed(), [q.cols(), q.rows()]),
+        device,
+    )
 }
 
 /// How one layer's projections run: split across threads ([`Llama::with_matmul_split`]) and
@@ -708,6 +736,9 @@ pub struct QuantDecode {
     pub layers: Vec<QuantLayer>,
     /// The head.
     pub head: Option<QuantMatrix>,
+    /// The token embedding (`[vocab, hidden]`) when the model holds it only as stored and
+    /// the head is not tied to it ([`Llama::from_gguf_compact`]); `None` otherwise.
+    pub embed: Option<QuantMatrix>,
 }
 
 impl QuantDecode {
@@ -961,7 +992,7 @@ impl<B: Backend> Llama<B> {
         device: &B::Device,
     ) -> Result<Self> {
         config.validate()?;
-        check_shapes(&config, &model)?;
+        check_shapes(&config, &model, None)?;
         if rope.inv_freq.len() != config.head_dim / 2 {
             return Err(model_err("rotary frequencies do not match head_dim"));
         }
@@ -972,6 +1003,43 @@ impl<B: Backend> Llama<B> {
             device: device.clone(),
             split: 1,
             quant: None,
+        })
+    }
+
+    /// As [`Llama::from_parts_with_rope`], with block-quantised weights attached
+    /// ([`Llama::with_quantized_decode`]); `model` may hold elided weights ([`is_elided`])
+    /// for the matrices `quant` holds, which are then used for every product, dequantised
+    /// one matrix at a time for inputs of more than [`QUANT_MAX_ROWS`] rows.
+    ///
+    /// # Errors
+    /// As [`Llama::with_quantized_decode`], and for any shape `from_parts_with_rope`
+    /// refuses.
+    pub fn from_parts_quantized(
+        config: LlamaConfig,
+        model: LlamaModel<B>,
+        rope: RotaryEmbedding,
+        quant: QuantDecode,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate()?;
+        if quant.layers.len() != config.num_hidden_layers {
+            return Err(model_err(format!(
+                "quantised weights for {} layers, the model has {}",
+                quant.layers.len(),
+                config.num_hidden_layers
+            )));
+        }
+        check_shapes(&config, &model, Some(&quant))?;
+        if rope.inv_freq.len() != config.head_dim / 2 {
+            return Err(model_err("rotary frequencies do not match head_dim"));
+        }
+        Ok(Llama {
+            model,
+            config,
+            rope,
+            device: device.clone(),
+            split: 1,
+            quant: Some(quant),
         })
     }
 
@@ -988,11 +1056,16 @@ impl<B: Backend> Llama<B> {
     /// weights ([`crate::quant`]): on a CPU a decode step reads the weights once, so reading
     /// them as stored in a GGUF file (4 or 8 bits) instead of `f32` is what makes it fast.
     /// Products equal the `f32` ones with the dequantised weights up to summation order.
-    /// Prefill keeps the `f32` weights. Meant for CPU backends: on a GPU backend each
+    /// Prefill keeps the `f32` weights (or, for an elided weight, dequantises its matrix
+    /// into a temporary; [`Llama::from_gguf_compact`]). Meant for CPU backends: on a GPU backend each
     /// projection would copy its input to the host and back.
     ///
+    /// Replaces the quantised weights attached before; a model with elided weights
+    /// ([`Llama::from_gguf_compact`]) needs `quant` to hold every elided matrix.
+    ///
     /// # Errors
-    /// When the layer count or a matrix's shape does not match the model.
+    /// When the layer count or a matrix's shape does not match the model, or an elided
+    /// weight has no quantised matrix.
     pub fn with_quantized_decode(mut self, quant: QuantDecode) -> Result<Self> {
         let c = &self.config;
         if quant.layers.len() != c.num_hidden_layers {
@@ -1002,43 +1075,7 @@ impl<B: Backend> Llama<B> {
                 c.num_hidden_layers
             )));
         }
-        let check = |name: String, m: Option<&QuantMatrix>, lin_dims: [usize; 2]| {
-            match m {
-                // Burn's Linear weight is [in, out]; the quantised matrix is [out, in].
-                Some(m) if [m.cols(), m.rows()] != lin_dims => Err(model_err(format!(
-                    "quantised {name} is {} x {}, the model's weight {} x {}",
-                    m.rows(),
-                    m.cols(),
-                    lin_dims[1],
-                    lin_dims[0]
-                ))),
-                _ => Ok(()),
-            }
-        };
-        for (i, (ql, layer)) in quant.layers.iter().zip(&self.model.layers).enumerate() {
-            let a = &layer.self_attn;
-            let m = &layer.mlp;
-            let dims = [
-                a.q_proj.weight.dims(),
-                a.k_proj.weight.dims(),
-                a.v_proj.weight.dims(),
-                a.o_proj.weight.dims(),
-                m.gate_proj.weight.dims(),
-                m.up_proj.weight.dims(),
-                m.down_proj.weight.dims(),
-            ];
-            for ((name, q), d) in ql.matrices().into_iter().zip(dims) {
-                check(format!("layer {i} {name}"), q, d)?;
-            }
-        }
-        let head_dims = match &self.model.lm_head {
-            Some(head) => head.weight.dims(),
-            None => {
-                let [v, h] = self.model.embed_tokens.weight.dims();
-                [h, v]
-            }
-        };
-        check("head".into(), quant.head.as_ref(), head_dims)?;
+        check_shapes(c, &self.model, Some(&quant))?;
         self.quant = Some(quant);
         Ok(self)
     }
@@ -1179,7 +1216,7 @@ impl<B: Backend> Llama<B> {
                 Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [b, 1, 1, t]), &self.device);
             (cos, sin, Some(mask))
         };
-        let mut x = self.model.embed_tokens.forward(tokens);
+        let mut x = self.embed(tokens, &ids)?;
         for (i, (layer, kv)) in self
             .model
             .layers
@@ -1210,12 +1247,44 @@ impl<B: Backend> Llama<B> {
         Ok(self.model.norm.forward(x))
     }
 
+    /// The token embeddings of `tokens` (`[batch, seq]`, whose values are `ids`, checked to
+    /// lie in the vocabulary): `[batch, seq, hidden]`. An elided embedding dequantises only
+    /// the looked-up rows of its quantised matrix.
+    fn embed(&self, tokens: Tensor<B, 2, Int>, ids: &[i64]) -> Result<Tensor<B, 3>> {
+        if !is_elided(&self.model.embed_tokens.weight) {
+            return Ok(self.model.embed_tokens.forward(tokens));
+        }
+        let [b, s] = tokens.dims();
+        let q = self.quant.as_ref().and_then(|q| {
+            q.embed
+                .as_ref()
+                .or(q.head.as_ref().filter(|_| self.config.tie_word_embeddings))
+        });
+        // `check_shapes` ensures an elided embedding has its quantised matrix.
+        let q = q.ok_or_else(|| model_err("the elided embedding has no quantised matrix"))?;
+        let rows: Vec<usize> = ids.iter().map(|&t| t as usize).collect();
+        let values = q
+            .dequantize_rows(&rows)
+            .map_err(|e| model_err(format!("embedding lookup: {e}")))?;
+        Ok(Tensor::from_data(
+            TensorData::new(values, [b, s, q.cols()]),
+            &self.device,
+        ))
+    }
+
     /// The language-model head: hidden states `[n, hidden]` to logits `[n, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         if let Some(head) = self.quant.as_ref().and_then(|q| q.head.as_ref()) {
             let [n, d] = hidden.dims();
             if let Some(y) = quant_forward(head, &hidden.clone().reshape([1, n, d])) {
                 return y.reshape([n, head.rows()]);
+            }
+            let elided = match &self.model.lm_head {
+                Some(l) => is_elided(&l.weight),
+                None => is_elided(&self.model.embed_tokens.weight),
+            };
+            if elided {
+                return hidden.matmul(dense_transposed::<B>(head, &self.device));
             }
         }
         match &self.model.lm_head {
@@ -1372,10 +1441,16 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-/// Checks every parameter's shape against the configuration.
-fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
+/// Checks every parameter's shape against the configuration, and those of the quantised
+/// matrices when given. An elided weight ([`is_elided`]) is accepted only when its quantised
+/// matrix is present with the configured shape.
+fn check_shapes<B: Backend>(
+    c: &LlamaConfig,
+    m: &LlamaModel<B>,
+    quant: Option<&QuantDecode>,
+) -> Result<()> {
     let (h, hd) = (c.hidden_size, c.head_dim);
-    let q = c.num_attention_heads * hd;
+    let q_out = c.num_attention_heads * hd;
     let kv = c.num_key_value_heads * hd;
     let expect = |name: String, got: Vec<usize>, want: Vec<usize>| {
         if got == want {
@@ -1386,12 +1461,35 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
             )))
         }
     };
-    let lin = |name: String, l: &Linear<B>, i: usize, o: usize, bias: bool| -> Result<()> {
-        expect(
-            format!("{name}.weight"),
-            l.weight.dims().to_vec(),
-            vec![i, o],
-        )?;
+    // A quantised matrix is [out, in]; Burn's Linear weight [in, out].
+    let quantised = |name: &str, q: Option<&QuantMatrix>, i: usize, o: usize, elided: bool| match q
+    {
+        Some(q) if [q.cols(), q.rows()] != [i, o] => Err(model_err(format!(
+            "quantised {name} is {} x {}, expected {o} x {i}",
+            q.rows(),
+            q.cols()
+        ))),
+        None if elided => Err(model_err(format!(
+            "{name}.weight is elided but no quantised matrix holds it"
+        ))),
+        _ => Ok(()),
+    };
+    let lin = |name: String,
+               l: &Linear<B>,
+               q: Option<&QuantMatrix>,
+               i: usize,
+               o: usize,
+               bias: bool|
+     -> Result<()> {
+        let elided = is_elided(&l.weight);
+        if !elided {
+            expect(
+                format!("{name}.weight"),
+                l.weight.dims().to_vec(),
+                vec![i, o],
+            )?;
+        }
+        quantised(&name, q, i, o, elided)?;
         match (&l.bias, bias) {
             (Some(b), true) => expect(format!("{name}.bias"), b.dims().to_vec(), vec![o]),
             (None, false) => Ok(()),
@@ -1404,11 +1502,25 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
     let norm = |name: String, n: &RmsNorm<B>, d: usize| {
         expect(format!("{name}.weight"), n.gamma.dims().to_vec(), vec![d])
     };
-    expect(
-        "embed_tokens.weight".into(),
-        m.embed_tokens.weight.dims().to_vec(),
-        vec![c.vocab_size, h],
-    )?;
+    let head_q = quant.and_then(|q| q.head.as_ref());
+    if is_elided(&m.embed_tokens.weight) {
+        // Looked up in the tied head's matrix, else in a quantised copy of the embedding.
+        let q = if c.tie_word_embeddings {
+            head_q
+        } else {
+            quant.and_then(|q| q.embed.as_ref())
+        };
+        quantised("embed_tokens", q, h, c.vocab_size, true)?;
+    } else {
+        expect(
+            "embed_tokens.weight".into(),
+            m.embed_tokens.weight.dims().to_vec(),
+            vec![c.vocab_size, h],
+        )?;
+    }
+    if let Some(e) = quant.and_then(|q| q.embed.as_ref()) {
+        quantised("embed_tokens", Some(e), h, c.vocab_size, false)?;
+    }
     if m.layers.len() != c.num_hidden_layers {
         return Err(model_err(format!(
             "{} layers, the config says {}",
@@ -1418,6 +1530,8 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
     }
     for (i, l) in m.layers.iter().enumerate() {
         let p = format!("layers.{i}");
+        let ql = quant.and_then(|q| q.layers.get(i));
+        let q = |pick: fn(&QuantLayer) -> Option<&QuantMatrix>| ql.and_then(pick);
         norm(format!("{p}.input_layernorm"), &l.input_layernorm, h)?;
         norm(
             format!("{p}.post_attention_layernorm"),
@@ -1432,10 +1546,18 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
                 "{p}.self_attn has other head counts than the config"
             )));
         }
-        lin(format!("{p}.self_attn.q_proj"), &a.q_proj, h, q, c.qkv_bias)?;
+        lin(
+            format!("{p}.self_attn.q_proj"),
+            &a.q_proj,
+            q(|l| l.q_proj.as_ref()),
+            h,
+            q_out,
+            c.qkv_bias,
+        )?;
         lin(
             format!("{p}.self_attn.k_proj"),
             &a.k_proj,
+            q(|l| l.k_proj.as_ref()),
             h,
             kv,
             c.qkv_bias,
@@ -1443,11 +1565,19 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
         lin(
             format!("{p}.self_attn.v_proj"),
             &a.v_proj,
+            q(|l| l.v_proj.as_ref()),
             h,
             kv,
             c.qkv_bias,
         )?;
-        lin(format!("{p}.self_attn.o_proj"), &a.o_proj, q, h, c.o_bias)?;
+        lin(
+            format!("{p}.self_attn.o_proj"),
+            &a.o_proj,
+            q(|l| l.o_proj.as_ref()),
+            q_out,
+            h,
+            c.o_bias,
+        )?;
         match (&a.q_norm, &a.k_norm, c.qk_norm) {
             (Some(qn), Some(kn), true) => {
                 norm(format!("{p}.self_attn.q_norm"), qn, hd)?;
@@ -1465,6 +1595,7 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
         lin(
             format!("{p}.mlp.gate_proj"),
             &l.mlp.gate_proj,
+            q(|l| l.gate_proj.as_ref()),
             h,
             i_,
             c.mlp_bias,
@@ -1472,6 +1603,7 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
         lin(
             format!("{p}.mlp.up_proj"),
             &l.mlp.up_proj,
+            q(|l| l.up_proj.as_ref()),
             h,
             i_,
             c.mlp_bias,
@@ -1479,6 +1611,7 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
         lin(
             format!("{p}.mlp.down_proj"),
             &l.mlp.down_proj,
+            q(|l| l.down_proj.as_ref()),
             i_,
             h,
             c.mlp_bias,
@@ -1486,8 +1619,8 @@ fn check_shapes<B: Backend>(c: &LlamaConfig, m: &LlamaModel<B>) -> Result<()> {
     }
     norm("norm".into(), &m.norm, h)?;
     match (&m.lm_head, c.tie_word_embeddings) {
-        (Some(l), false) => lin("lm_head".into(), l, h, c.vocab_size, false),
-        (None, true) => Ok(()),
+        (Some(l), false) => lin("lm_head".into(), l, head_q, h, c.vocab_size, false),
+        (None, true) => quantised("head", head_q, h, c.vocab_size, false),
         (Some(_), true) => Err(model_err("an lm_head is given but the embeddings are tied")),
         (None, false) => Err(model_err(
             "lm_head is missing and the embeddings are not tied",
@@ -1585,6 +1718,134 @@ mod tests {
     }
 
     type Cpu = cielr_core::backend::CpuBackend;
+
+    /// A `rows x cols` Q8_0 matrix of pseudo-random values.
+    fn q8_matrix(rows: usize, cols: usize, seed: u32) -> QuantMatrix {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / 32 {
+            let scale = 0.002 + (next() % 1000) as f32 * 2e-5;
+            bytes.extend_from_slice(&half::f16::from_f32(scale).to_bits().to_le_bytes());
+            bytes.extend((0..32).map(|_| next() as u8));
+        }
+        QuantMatrix::from_gguf(crate::gguf::GgufDType::Q8_0, rows, cols, &bytes).unwrap()
+    }
+
+    #[test]
+    fn compact_untied_model_matches_dense() {
+        // An untied Qwen2 model (biases on q/k/v) whose matrices are Q8_0: once with the
+        // dequantised values as f32 weights, once with every matrix (head and embedding
+        // included) elided and held as stored only.
+        let config = LlamaConfig::from_json_str(
+            r#"{"model_type": "qwen2", "vocab_size": 40, "hidden_size": 64,
+                "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "tie_word_embeddings": false}"#,
+        )
+        .unwrap();
+        let device = Default::default();
+        Cpu::seed(&device, 7);
+        let base = config.init::<Cpu>(&device).unwrap();
+        let (h, i) = (64, 96);
+        let mut seed = 0;
+        let mut q = |rows: usize, cols: usize| {
+            seed += 1;
+            Some(q8_matrix(rows, cols, seed))
+        };
+        let layers: Vec<QuantLayer> = (0..2)
+            .map(|_| QuantLayer {
+                q_proj: q(64, h),
+                k_proj: q(32, h),
+                v_proj: q(32, h),
+                o_proj: q(h, 64),
+                gate_proj: q(i, h),
+                up_proj: q(i, h),
+                down_proj: q(h, i),
+            })
+            .collect();
+        let quant = QuantDecode {
+            layers,
+            head: q(40, h),
+            embed: q(40, h),
+        };
+        let dense_w = |m: &Option<QuantMatrix>| {
+            let m = m.as_ref().unwrap();
+            param(dense_transposed::<Cpu>(m, &device))
+        };
+        let mut dense = base.model().clone();
+        let mut compact = base.model().clone();
+        for ((d, c), ql) in dense
+            .layers
+            .iter_mut()
+            .zip(&mut compact.layers)
+            .zip(&quant.layers)
+        {
+            let pairs = [
+                (&mut d.self_attn.q_proj, &mut c.self_attn.q_proj, &ql.q_proj),
+                (&mut d.self_attn.k_proj, &mut c.self_attn.k_proj, &ql.k_proj),
+                (&mut d.self_attn.v_proj, &mut c.self_attn.v_proj, &ql.v_proj),
+                (&mut d.self_attn.o_proj, &mut c.self_attn.o_proj, &ql.o_proj),
+                (&mut d.mlp.gate_proj, &mut c.mlp.gate_proj, &ql.gate_proj),
+                (&mut d.mlp.up_proj, &mut c.mlp.up_proj, &ql.up_proj),
+                (&mut d.mlp.down_proj, &mut c.mlp.down_proj, &ql.down_proj),
+            ];
+            for (dl, cl, m) in pairs {
+                dl.weight = dense_w(m);
+                cl.weight = elided_weight(&device);
+            }
+        }
+        let embed = quant.embed.as_ref().unwrap();
+        dense.embed_tokens.weight = param(Tensor::from_data(
+            TensorData::new(embed.dequantize(), [40, h]),
+            &device,
+        ));
+        compact.embed_tokens.weight = elided_weight(&device);
+        if let (Some(d), Some(c)) = (&mut dense.lm_head, &mut compact.lm_head) {
+            d.weight = dense_w(&quant.head);
+            c.weight = elided_weight(&device);
+        }
+        let dense = Llama::from_parts(config.clone(), dense, &device).unwrap();
+        let rope = RotaryEmbedding::new(&config);
+        // Without the embedding's matrix the elided embedding is refused.
+        let no_embed = QuantDecode {
+            embed: None,
+            ..quant.clone()
+        };
+        let refused = Llama::from_parts_quantized(
+            config.clone(),
+            compact.clone(),
+            rope.clone(),
+            no_embed,
+            &device,
+        );
+        assert!(matches!(refused, Err(e) if e.to_string().contains("embed_tokens")));
+        let compact = Llama::from_parts_quantized(config, compact, rope, quant, &device).unwrap();
+        assert!(compact.model().num_params() * 20 < dense.model().num_params());
+
+        let prompt: Vec<u32> = (0..11).map(|t| (t * 7 + 3) % 40).collect();
+        let (mut cd, mut cc) = (dense.new_cache(), compact.new_cache());
+        let pd = dense.forward_tokens(&prompt, &mut cd).unwrap();
+        let pc = compact.forward_tokens(&prompt, &mut cc).unwrap();
+        let pd = pd.into_data().into_vec::<f32>().unwrap();
+        let pc = pc.into_data().into_vec::<f32>().unwrap();
+        let scale = pd.iter().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(scale > 0.1, "degenerate logits ({scale})");
+        let mut err = max_abs_diff(&pd, &pc);
+        for t in [5u32, 17, 33, 2, 9, 21, 38, 0, 11] {
+            let ld = dense.next_token_logits(&[t], &mut cd).unwrap();
+            let lc = compact.next_token_logits(&[t], &mut cc).unwrap();
+            err = err.max(max_abs_diff(&ld, &lc));
+        }
+        println!("compact untied vs dense f32: max abs {err:e} (logits up to {scale})");
+        // Decode steps sum the quantised products in another order than Burn's matmul; the
+        // random weights give logits of ~30, so the bound is relative to them.
+        assert!(err < 1e-5 * scale, "compact differs by {err}");
+    }
 
     /// A tiny random model with grouped-query attention and room for 1024 positions.
     fn tiny_gqa_model() -> Llama<Cpu> {

@@ -75,6 +75,25 @@ impl LocalLlm<CpuBackend> {
 }
 
 /// Whether `B` is the CPU backend, where decode steps read block-quantised weights.
+/// How a GGUF model's block-quantised matrices (Q4_0 ... Q8_0, Q4_K, Q5_K, Q6_K) are held in
+/// memory ([`LocalLlm::from_gguf_mode`]). Matrices in other types are `f32` in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GgufWeightsMode {
+    /// Every weight dequantised to `f32` ([`Llama::from_gguf`]): 4 bytes per weight, decode
+    /// steps read all of them; the choice for GPU backends.
+    F32,
+    /// `f32` copies for prefill plus the matrices as stored for decode steps
+    /// ([`Llama::from_gguf_quantized`]): the fastest on a CPU, memory of both (e.g.
+    /// SmolLM2-135M Q8_0: 538 + 111 MB). The default on the CPU backend.
+    #[default]
+    AsStoredForDecode,
+    /// The matrices as stored only ([`Llama::from_gguf_compact`]): memory about that of
+    /// the file; decode as fast as `AsStoredForDecode`, but each prefill dequantises every
+    /// matrix into a temporary `f32` copy (one at a time), which costs prefill time. For
+    /// models whose `f32` copy does not fit in memory. CPU backends only.
+    AsStoredOnly,
+}
+
 fn is_cpu_backend<B: Backend>() -> bool {
     std::any::TypeId::of::<B>() == std::any::TypeId::of::<CpuBackend>()
 }
@@ -105,11 +124,25 @@ impl<B: Backend> LocalLlm<B> {
         device: &B::Device,
         quantized_decode: bool,
     ) -> Result<Self, PlannerError> {
-        let file = GgufFile::open(path)?;
-        let model = if quantized_decode {
-            Llama::from_gguf_quantized(&file, device)?
+        let mode = if quantized_decode {
+            GgufWeightsMode::AsStoredForDecode
         } else {
-            Llama::from_gguf(&file, device)?
+            GgufWeightsMode::F32
+        };
+        Self::from_gguf_mode(path, device, mode)
+    }
+
+    /// As [`LocalLlm::from_gguf_on`], choosing how the weights are held ([`GgufWeightsMode`]).
+    pub fn from_gguf_mode(
+        path: &Path,
+        device: &B::Device,
+        mode: GgufWeightsMode,
+    ) -> Result<Self, PlannerError> {
+        let file = GgufFile::open(path)?;
+        let model = match mode {
+            GgufWeightsMode::F32 => Llama::from_gguf(&file, device)?,
+            GgufWeightsMode::AsStoredForDecode => Llama::from_gguf_quantized(&file, device)?,
+            GgufWeightsMode::AsStoredOnly => Llama::from_gguf_compact(&file, device)?,
         };
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let name = file

@@ -366,6 +366,77 @@ impl QuantMatrix {
         out
     }
 
+    /// Dequantises block `b` (the `b`-th run of [`BLOCK`] weights, row-major) into `out`
+    /// (32 values), with the same arithmetic as [`QuantMatrix::dequantize`].
+    fn block_into(&self, b: usize, out: &mut [f32]) {
+        match self.format {
+            QuantFormat::Nibbles => {
+                let q = &self.values[b * BLOCK / 2..(b + 1) * BLOCK / 2];
+                let (d, m) = (self.scales[b], self.offsets[b]);
+                let (lo, hi) = out.split_at_mut(BLOCK / 2);
+                for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(q) {
+                    *l = d * (v & 15) as f32 + m;
+                    *h = d * (v >> 4) as f32 + m;
+                }
+            }
+            QuantFormat::Bytes => {
+                let q = &self.values[b * BLOCK..(b + 1) * BLOCK];
+                let m = self.offsets.get(b).copied();
+                for (i, (o, &v)) in out.iter_mut().zip(q).enumerate() {
+                    let d = self.scales[(b * BLOCK + i) / self.group];
+                    let w = d * (v as i8) as f32;
+                    *o = match m {
+                        Some(m) => w + m,
+                        None => w,
+                    };
+                }
+            }
+        }
+    }
+
+    /// The listed rows dequantised to `f32`, `[rows.len(), cols]` row-major (an embedding
+    /// lookup without an `f32` copy of the table). Values equal [`QuantMatrix::dequantize`]'s.
+    ///
+    /// # Errors
+    /// When a row index is out of range.
+    pub fn dequantize_rows(&self, rows: &[usize]) -> Result<Vec<f32>, String> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= self.rows) {
+            return Err(format!("row {r} is outside a matrix of {} rows", self.rows));
+        }
+        let per_row = self.cols / BLOCK;
+        let mut out = vec![0.0f32; rows.len() * self.cols];
+        for (&r, o) in rows.iter().zip(out.chunks_exact_mut(self.cols)) {
+            for (j, ob) in o.chunks_exact_mut(BLOCK).enumerate() {
+                self.block_into(r * per_row + j, ob);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The transpose of the dequantised weights, `[cols, rows]` row-major (Burn's `Linear`
+    /// layout `[in, out]`), materialised so a matmul reads it contiguously. Values equal
+    /// [`QuantMatrix::dequantize`]'s. Column blocks are spread over rayon's threads.
+    pub fn dequantize_transposed(&self) -> Vec<f32> {
+        let (rows, per_row) = (self.rows, self.cols / BLOCK);
+        let mut out = vec![0.0f32; rows * self.cols];
+        if rows == 0 {
+            return out;
+        }
+        // Output rows j*32..j*32+32 are the 32 columns of block column j: one contiguous chunk.
+        out.par_chunks_mut(BLOCK * rows)
+            .enumerate()
+            .for_each(|(j, chunk)| {
+                let mut buf = [0.0f32; BLOCK];
+                for r in 0..rows {
+                    self.block_into(r * per_row + j, &mut buf);
+                    for (i, &v) in buf.iter().enumerate() {
+                        chunk[i * rows + r] = v;
+                    }
+                }
+            });
+        out
+    }
+
     /// `y = x · Wᵀ` for `x` of `m` rows of `cols` values (row-major); returns `m` rows of
     /// `rows` values. Rows of the matrix are spread over rayon's threads.
     ///

@@ -3,7 +3,8 @@
 //! from a GGUF file (any type [`GgufFile::tensor_f32`] dequantises).
 //!
 //! The model is always assembled by HuggingFace parameter name ([`hf`]); a GGUF file's
-//! names are translated in one table ([`gguf_name`]). Parameters are kept in `f32`.
+//! names are translated in one table ([`gguf_name`]). Parameters are kept in `f32`, except
+//! with [`Llama::from_gguf_compact`], which holds block-quantised matrices only as stored.
 //!
 //! llama.cpp's converter permutes the rows of the query and key projections of `llama`
 //! models to the interleaved ("GPT-J") rotary layout; [`GgufWeights`] undoes that
@@ -19,8 +20,8 @@ use cielr_core::weights::{TensorStore, DEFAULT_FILES};
 use crate::error::PlannerError;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::llama::{
-    param, Llama, LlamaAttention, LlamaConfig, LlamaDecoderLayer, LlamaMlp, LlamaModel,
-    QuantDecode, QuantLayer, RopeScaling, RotaryEmbedding,
+    elided_weight, param, Llama, LlamaAttention, LlamaConfig, LlamaDecoderLayer, LlamaMlp,
+    LlamaModel, QuantDecode, QuantLayer, RopeScaling, RotaryEmbedding,
 };
 use crate::quant::QuantMatrix;
 
@@ -268,7 +269,11 @@ impl GgufWeights<'_> {
         } else {
             self.quant_matrix(hf::LM_HEAD)?
         };
-        Ok(QuantDecode { layers, head })
+        Ok(QuantDecode {
+            layers,
+            head,
+            embed: None,
+        })
     }
 }
 
@@ -406,6 +411,19 @@ pub fn load_llama<B: Backend>(
     rope: RotaryEmbedding,
     device: &B::Device,
 ) -> Result<Llama<B>> {
+    let model = load_model(config, source, None, device)?;
+    Llama::from_parts_with_rope(config.clone(), model, rope, device)
+}
+
+/// The parameters of [`load_llama`]; with `quant`, every matrix it holds (projections, the
+/// head, the embedding) gets an elided weight ([`elided_weight`]) and is never read from
+/// `source`.
+fn load_model<B: Backend>(
+    config: &LlamaConfig,
+    source: &dyn TensorSource,
+    quant: Option<&QuantDecode>,
+    device: &B::Device,
+) -> Result<LlamaModel<B>> {
     config.validate()?;
     let c = config;
     let (h, hd) = (c.hidden_size, c.head_dim);
@@ -433,18 +451,24 @@ pub fn load_llama<B: Backend>(
     // PyTorch stores linear weights as [out, in]; Burn's `Linear` takes [in, out]. The
     // transpose is materialised once here: `Linear` on a 3-d input broadcasts the weight,
     // and a strided weight is then copied on every call (6x slower decoding).
-    let linear = |prefix: &str, i: usize, o: usize, bias: bool| -> Result<Linear<B>> {
-        let weight = tensor2(&format!("{prefix}.weight"), o, i)?.transpose();
-        let weight = Tensor::from_data(weight.into_data(), device);
+    let linear = |prefix: &str,
+                  q: Option<&QuantMatrix>,
+                  i: usize,
+                  o: usize,
+                  bias: bool|
+     -> Result<Linear<B>> {
+        let weight = if q.is_some() {
+            elided_weight(device)
+        } else {
+            let weight = tensor2(&format!("{prefix}.weight"), o, i)?.transpose();
+            param(Tensor::from_data(weight.into_data(), device))
+        };
         let bias = if bias {
             Some(param(vector(&format!("{prefix}.bias"), o)?))
         } else {
             None
         };
-        Ok(Linear {
-            weight: param(weight),
-            bias,
-        })
+        Ok(Linear { weight, bias })
     };
     let norm = |name: &str, d: usize| -> Result<RmsNorm<B>> {
         Ok(RmsNorm {
@@ -455,13 +479,39 @@ pub fn load_llama<B: Backend>(
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = |s: &str| hf::layer(i, s);
+        let ql = quant.and_then(|q| q.layers.get(i));
+        let q = |pick: fn(&QuantLayer) -> Option<&QuantMatrix>| ql.and_then(pick);
         layers.push(LlamaDecoderLayer {
             input_layernorm: norm(&p("input_layernorm.weight"), h)?,
             self_attn: LlamaAttention {
-                q_proj: linear(&p("self_attn.q_proj"), h, q_out, c.qkv_bias)?,
-                k_proj: linear(&p("self_attn.k_proj"), h, kv_out, c.qkv_bias)?,
-                v_proj: linear(&p("self_attn.v_proj"), h, kv_out, c.qkv_bias)?,
-                o_proj: linear(&p("self_attn.o_proj"), q_out, h, c.o_bias)?,
+                q_proj: linear(
+                    &p("self_attn.q_proj"),
+                    q(|l| l.q_proj.as_ref()),
+                    h,
+                    q_out,
+                    c.qkv_bias,
+                )?,
+                k_proj: linear(
+                    &p("self_attn.k_proj"),
+                    q(|l| l.k_proj.as_ref()),
+                    h,
+                    kv_out,
+                    c.qkv_bias,
+                )?,
+                v_proj: linear(
+                    &p("self_attn.v_proj"),
+                    q(|l| l.v_proj.as_ref()),
+                    h,
+                    kv_out,
+                    c.qkv_bias,
+                )?,
+                o_proj: linear(
+                    &p("self_attn.o_proj"),
+                    q(|l| l.o_proj.as_ref()),
+                    q_out,
+                    h,
+                    c.o_bias,
+                )?,
                 q_norm: c
                     .qk_norm
                     .then(|| norm(&p("self_attn.q_norm.weight"), hd))
@@ -476,25 +526,63 @@ pub fn load_llama<B: Backend>(
             },
             post_attention_layernorm: norm(&p("post_attention_layernorm.weight"), h)?,
             mlp: LlamaMlp {
-                gate_proj: linear(&p("mlp.gate_proj"), h, c.intermediate_size, c.mlp_bias)?,
-                up_proj: linear(&p("mlp.up_proj"), h, c.intermediate_size, c.mlp_bias)?,
-                down_proj: linear(&p("mlp.down_proj"), c.intermediate_size, h, c.mlp_bias)?,
+                gate_proj: linear(
+                    &p("mlp.gate_proj"),
+                    q(|l| l.gate_proj.as_ref()),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
+                up_proj: linear(
+                    &p("mlp.up_proj"),
+                    q(|l| l.up_proj.as_ref()),
+                    h,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                )?,
+                down_proj: linear(
+                    &p("mlp.down_proj"),
+                    q(|l| l.down_proj.as_ref()),
+                    c.intermediate_size,
+                    h,
+                    c.mlp_bias,
+                )?,
             },
         });
     }
-    let model = LlamaModel {
+    let head_q = quant.and_then(|q| q.head.as_ref());
+    let embed_q = if c.tie_word_embeddings {
+        head_q
+    } else {
+        quant.and_then(|q| q.embed.as_ref())
+    };
+    Ok(LlamaModel {
         embed_tokens: Embedding {
-            weight: param(tensor2(hf::EMBED, c.vocab_size, h)?),
+            weight: if embed_q.is_some() {
+                elided_weight(device)
+            } else {
+                param(tensor2(hf::EMBED, c.vocab_size, h)?)
+            },
         },
         layers,
         norm: norm(hf::NORM, h)?,
         lm_head: if c.tie_word_embeddings {
             None
         } else {
-            Some(linear("lm_head", h, c.vocab_size, false)?)
+            Some(linear("lm_head", head_q, h, c.vocab_size, false)?)
         },
-    };
-    Llama::from_parts_with_rope(config.clone(), model, rope, device)
+    })
+}
+
+/// The rotary frequencies of a GGUF file's model: Llama 3's rescaling, stored by llama.cpp
+/// as the `rope_freqs.weight` tensor, applied.
+fn gguf_rope(file: &GgufFile, config: &LlamaConfig) -> Result<RotaryEmbedding> {
+    let rope = RotaryEmbedding::new(config);
+    if file.tensor_info("rope_freqs.weight").is_none() {
+        return Ok(rope);
+    }
+    let (_, factors) = file.tensor_f32("rope_freqs.weight")?;
+    rope.with_freq_factors(&factors)
 }
 
 impl<B: Backend> Llama<B> {
@@ -511,11 +599,7 @@ impl<B: Backend> Llama<B> {
     /// applied.
     pub fn from_gguf(file: &GgufFile, device: &B::Device) -> Result<Self> {
         let config = LlamaConfig::from_gguf(file)?;
-        let mut rope = RotaryEmbedding::new(&config);
-        if file.tensor_info("rope_freqs.weight").is_some() {
-            let (_, factors) = file.tensor_f32("rope_freqs.weight")?;
-            rope = rope.with_freq_factors(&factors)?;
-        }
+        let rope = gguf_rope(file, &config)?;
         load_llama(&config, &GgufWeights::new(file, &config), rope, device)
     }
 
@@ -531,6 +615,26 @@ impl<B: Backend> Llama<B> {
         let model = Self::from_gguf(file, device)?;
         let quant = GgufWeights::new(file, model.config()).quantized_decode(model.config())?;
         model.with_quantized_decode(quant)
+    }
+
+    /// [`Llama::from_gguf_quantized`] without the `f32` copies: every matrix stored in a
+    /// block format ([`QuantMatrix::supports`]) is held only as stored, its `Linear` /
+    /// `Embedding` weight elided ([`crate::llama::is_elided`]); norms, biases and matrices
+    /// in other types are loaded as `f32`. Nothing is dequantised at load. Inputs of at most
+    /// [`crate::llama::QUANT_MAX_ROWS`] rows use the quantised products; longer ones
+    /// (prefill) dequantise one matrix at a time into a temporary `f32` copy; the embedding
+    /// dequantises only the looked-up rows (from the tied head, or from a quantised copy of
+    /// `token_embd` added as [`QuantDecode::embed`]). For CPU backends.
+    pub fn from_gguf_compact(file: &GgufFile, device: &B::Device) -> Result<Self> {
+        let config = LlamaConfig::from_gguf(file)?;
+        let rope = gguf_rope(file, &config)?;
+        let weights = GgufWeights::new(file, &config);
+        let mut quant = weights.quantized_decode(&config)?;
+        if !config.tie_word_embeddings {
+            quant.embed = weights.quant_matrix(hf::EMBED)?;
+        }
+        let model = load_model(&config, &weights, Some(&quant), device)?;
+        Llama::from_parts_quantized(config, model, rope, quant, device)
     }
 }
 
