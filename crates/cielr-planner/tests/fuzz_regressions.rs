@@ -276,6 +276,19 @@ fn check_as_stored(f: &GgufFile, name: &str, shape: &[usize], values: &[f32]) {
     assert_eq!(q.matmul(&vec![1.0; cols]).unwrap().len(), rows);
 }
 
+/// Found by fuzzing: a Q4_0 block with an infinite scale dequantises to `(q - 8) * inf`
+/// (±inf, NaN at q = 8) but the folded product `inf * q - 8 inf` to NaN everywhere; such
+/// corrupt blocks are refused when kept as stored.
+#[test]
+fn a_block_with_an_infinite_scale_is_refused() {
+    let mut block = vec![0x11u8; 18];
+    block[0..2].copy_from_slice(&0x7c00u16.to_le_bytes()); // f16 +inf
+    let e = QuantMatrix::from_gguf(GgufDType::Q4_0, 1, 32, &block).unwrap_err();
+    assert!(e.contains("not finite"), "{e}");
+    block[0..2].copy_from_slice(&0x3c00u16.to_le_bytes()); // f16 1.0
+    assert!(QuantMatrix::from_gguf(GgufDType::Q4_0, 1, 32, &block).is_ok());
+}
+
 /// Found by fuzzing: a Q4_K matrix of 0 x 2^41 passed every check (no bytes to hold) and the
 /// caller then sized an input row by its width. Empty matrices are refused.
 #[test]
