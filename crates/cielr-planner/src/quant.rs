@@ -256,7 +256,12 @@ impl QuantMatrix {
         // Real checkpoints have finite scales; an infinite or NaN one only comes from a
         // corrupt file, where the folded offsets (Q4_0: `d * q - 8 d`) would also give other
         // values than the dequantiser's `(q - 8) * d` (found by fuzzing).
-        if let Some(i) = u.scales.iter().chain(&u.offsets).position(|v| !v.is_finite()) {
+        if let Some(i) = u
+            .scales
+            .iter()
+            .chain(&u.offsets)
+            .position(|v| !v.is_finite())
+        {
             return Err(format!(
                 "scale or offset {i} is not finite ({dtype:?} blocks): a corrupt tensor"
             ));
