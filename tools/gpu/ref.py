@@ -117,17 +117,23 @@ def build_clip(size, out):
         {"pixel_values": x}
 
 
+def tiny_owlv2_config(vocab_size):
+    """The reduced-size OWLv2: a 64-wide, 2-layer vision tower at 64 px, a 1-layer text tower."""
+    from transformers import Owlv2Config
+    return Owlv2Config(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, vocab_size=vocab_size, max_position_embeddings=16),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, image_size=64, patch_size=16),
+        projection_dim=32)
+
+
 def build_owlv2(size, out):
     from transformers import Owlv2Config, Owlv2ForObjectDetection
     if size == "full":  # google/owlv2-base-patch16-ensemble dimensions, 960x960
         cfg = Owlv2Config(vision_config=dict(image_size=960, patch_size=16))
     else:
-        cfg = Owlv2Config(
-            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=2, vocab_size=100, max_position_embeddings=16),
-            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, image_size=64, patch_size=16),
-            projection_dim=32)
+        cfg = tiny_owlv2_config(vocab_size=100)
     seed_all(1)
     m = Owlv2ForObjectDetection(cfg).eval()
     perturb(m, 2)
@@ -354,12 +360,7 @@ def build_e2e(size, out, dev):
                                num_hidden_layers=24, image_size=1008, patch_size=14),
             projection_dim=768)
     else:
-        ocfg = Owlv2Config(
-            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                             num_attention_heads=2, vocab_size=133, max_position_embeddings=16),
-            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                               num_attention_heads=4, image_size=64, patch_size=16),
-            projection_dim=32)
+        ocfg = tiny_owlv2_config(vocab_size=133)
     seed_all(1)
     d = out / "owlv2"
     on_device(lambda: Owlv2ForObjectDetection(ocfg)).eval().save_pretrained(d)
