@@ -282,3 +282,50 @@ fn the_sd_editor_replaces_inside_the_mask_only_and_needs_its_model() {
     assert!(changed > mask.area() / 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--llm-weights as-stored` holds SmolLM2's quantised matrices only as stored (a fifth of
+/// the memory): the same logits as the default, so the same plan. Bad combinations are
+/// refused with a message naming the fix.
+#[test]
+fn llm_weights_as_stored_plans_like_the_default() {
+    let run = |extra: &[&str]| {
+        let out = cielr()
+            .args(["plan", "--json", "--llm", "smollm2", "--scene"])
+            .arg(asset("coffee.ssr.json"))
+            .arg("What here is used for stirring? Remove it.")
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            out.status.success(),
+            "needs tools/setup-models.sh; {stderr}"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let default = run(&[]);
+    assert_eq!(run(&["--llm-weights", "as-stored"]), default);
+
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/cielr-planner/tests/fixtures/llama-tiny-qwen2");
+    let out = cielr()
+        .args(["plan", "--scene"])
+        .arg(asset("coffee.ssr.json"))
+        .arg("x")
+        .arg("--llm")
+        .arg(&folder)
+        .args(["--llm-weights", "as-stored"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("applies to GGUF files"), "{err}");
+    let out = cielr()
+        .args(["plan", "--llm-weights", "int3", "--scene"])
+        .arg(asset("coffee.ssr.json"))
+        .arg("x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("as-stored"));
+}

@@ -247,6 +247,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
         a.reasoning.llm.as_deref(),
         a.reasoning.llm_model.as_deref(),
         &device,
+        a.reasoning.llm_weights,
     )?;
     let model = chosen.model.clone();
     let planner = Arc::new(a.reasoning.planner(&chosen));

@@ -236,6 +236,7 @@ fn run_dataset(ds: Dataset, a: RunArgs) -> anyhow::Result<()> {
             a.reasoning.llm.as_deref(),
             a.reasoning.llm_model.as_deref(),
             &device,
+            a.reasoning.llm_weights,
         )?;
         components
             .extra_names
@@ -417,9 +418,14 @@ fn idcs_judge(a: &RunArgs, device: &ModelDevice) -> anyhow::Result<Option<IdcsJu
         .with_context(|| format!("configuring the vision model at {url}"))?;
     let scorer: Arc<dyn cielr::core::LanguageModel> = match a.judge_llm.as_deref() {
         Some(spec) => {
-            models::language_model(Some(spec), a.judge_llm_model.as_deref(), device)
-                .with_context(|| format!("configuring --judge-llm {spec}"))?
-                .model
+            models::language_model(
+                Some(spec),
+                a.judge_llm_model.as_deref(),
+                device,
+                models::LlmWeights::Auto,
+            )
+            .with_context(|| format!("configuring --judge-llm {spec}"))?
+            .model
         }
         None => Arc::new(
             OpenAiCompatible::new(config)

@@ -44,6 +44,20 @@ pub struct ReasoningArgs {
     /// API key is read from OPENAI_API_KEY when set.
     #[arg(long, value_name = "NAME", env = "CIELR_LLM_MODEL")]
     llm_model: Option<String>,
+    /// How a local GGUF model holds its weights: `auto` (on the CPU, `f32` copies for
+    /// prefill plus the quantised matrices as stored for decode steps; `f32` on CUDA),
+    /// `f32` (every weight dequantised), `decode-as-stored` (the CPU default, named) or
+    /// `as-stored` (the quantised matrices only: memory about the file's size, decode as
+    /// fast, prefill slower; for models whose `f32` copy does not fit in memory). The last
+    /// two need --device cpu.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value_t = models::LlmWeights::Auto,
+        env = "CIELR_LLM_WEIGHTS"
+    )]
+    llm_weights: models::LlmWeights,
     /// Reasoning rounds per step (the last one must choose a target).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     rounds: u32,

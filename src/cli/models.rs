@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use cielr::core::{LanguageModel, ScriptedLanguageModel, TargetSelection};
 use cielr::planner::gguf::smollm2_gguf_path;
-use cielr::planner::local::LocalLlm;
+use cielr::planner::local::{GgufWeightsMode, LocalLlm};
 use cielr::planner::openai::{OpenAiCompatible, OpenAiConfig};
 
 use super::device::{on_device, ModelDevice};
@@ -14,6 +14,31 @@ use super::device::{on_device, ModelDevice};
 const LLM_HELP: &str = "use --llm smollm2 (after tools/setup-models.sh fetches it), \
 --llm <model.gguf | HuggingFace folder>, --llm http://<server> --llm-model <name> for an \
 OpenAI-compatible server, or --llm scripted:<answers.json> (see docs/cli.md); CIELR_LLM sets the default";
+
+/// `--llm-weights`: how a local GGUF model holds its weights.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LlmWeights {
+    /// On the CPU, `f32` for prefill plus the matrices as stored for decode; `f32` on CUDA.
+    Auto,
+    /// Every weight dequantised to `f32`.
+    F32,
+    /// `f32` copies for prefill plus the quantised matrices as stored for decode (CPU only).
+    DecodeAsStored,
+    /// The quantised matrices as stored only (CPU only).
+    AsStored,
+}
+
+impl LlmWeights {
+    /// The option's spelling on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            LlmWeights::Auto => "auto",
+            LlmWeights::F32 => "f32",
+            LlmWeights::DecodeAsStored => "decode-as-stored",
+            LlmWeights::AsStored => "as-stored",
+        }
+    }
+}
 
 /// A language model and how its targets are best asked for.
 pub struct ChosenModel {
@@ -30,6 +55,7 @@ pub fn language_model(
     spec: Option<&str>,
     served_model: Option<&str>,
     device: &ModelDevice,
+    weights: LlmWeights,
 ) -> anyhow::Result<ChosenModel> {
     let spec = spec
         .map(str::trim)
@@ -39,7 +65,7 @@ pub fn language_model(
         return served(spec, served_model);
     }
     if Path::new(spec).exists() {
-        return local(Path::new(spec), device);
+        return local(Path::new(spec), device, weights);
     }
     let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
     match kind {
@@ -58,23 +84,50 @@ pub fn language_model(
             let path = smollm2_gguf_path().map_err(|e| {
                 anyhow::anyhow!("no language model is configured: the default SmolLM2 model is not in the cache ({e}); {LLM_HELP}")
             })?;
-            local(&path, device)
+            local(&path, device, weights)
         }
         "local" => {
             if rest.is_empty() {
                 bail!("--llm local needs a path: --llm local:<model.gguf | HuggingFace folder>");
             }
-            local(Path::new(rest), device)
+            local(Path::new(rest), device, weights)
         }
         other => bail!("unknown language model kind {other:?} in --llm {spec:?}: {LLM_HELP}"),
     }
 }
 
-fn local(path: &Path, device: &ModelDevice) -> anyhow::Result<ChosenModel> {
+fn local(path: &Path, device: &ModelDevice, weights: LlmWeights) -> anyhow::Result<ChosenModel> {
+    let mode = match weights {
+        LlmWeights::Auto => None,
+        LlmWeights::F32 => Some(GgufWeightsMode::F32),
+        LlmWeights::DecodeAsStored => Some(GgufWeightsMode::AsStoredForDecode),
+        LlmWeights::AsStored => Some(GgufWeightsMode::AsStoredOnly),
+    };
+    if let Some(mode) = mode {
+        if path.is_dir() && mode != GgufWeightsMode::F32 {
+            bail!(
+                "--llm-weights {} applies to GGUF files; {} is a HuggingFace folder, \
+                 whose weights are loaded as f32 (leave --llm-weights out)",
+                weights.name(),
+                path.display()
+            );
+        }
+        if !matches!(device, ModelDevice::Cpu) && mode != GgufWeightsMode::F32 {
+            bail!(
+                "--llm-weights {} runs the quantised products on the CPU: use it with \
+                 --device cpu, or leave it out on CUDA",
+                weights.name()
+            );
+        }
+    }
     eprintln!("[llm] loading {}{}", path.display(), device.suffix());
+    let load = |e| format!("loading the language model {}: {e}", path.display());
     let model: Arc<dyn LanguageModel> = on_device!(device, |B, dev| Arc::new(
-        LocalLlm::<B>::load_on(path, dev)
-            .with_context(|| format!("loading the language model {}", path.display()))?
+        match mode {
+            Some(mode) if !path.is_dir() => LocalLlm::<B>::from_gguf_mode(path, dev, mode),
+            _ => LocalLlm::<B>::load_on(path, dev),
+        }
+        .map_err(|e| anyhow::anyhow!(load(e)))?
     ));
     Ok(ChosenModel {
         model,

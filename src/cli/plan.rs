@@ -63,6 +63,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
         a.reasoning.llm.as_deref(),
         a.reasoning.llm_model.as_deref(),
         &device,
+        a.reasoning.llm_weights,
     )?;
     let planner = a.reasoning.planner(&chosen);
     let out = pollster::block_on(plan(
