@@ -11,7 +11,7 @@ use cielr::core::{Editor, Pipeline, PipelineOptions, Scene, SceneBuilder, Static
 use clap::{Args, ValueEnum};
 
 use super::device::{on_device, DeviceArgs, ModelDevice};
-use super::{models, progress, ReasoningArgs, SceneArg};
+use super::{progress, ReasoningArgs, SceneArg};
 
 /// The editors `--editor` can select.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,12 +243,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
             None => default_scene_builder(&device)?,
         },
     };
-    let chosen = models::language_model(
-        a.reasoning.llm.as_deref(),
-        a.reasoning.llm_model.as_deref(),
-        &device,
-        a.reasoning.llm_weights,
-    )?;
+    let chosen = a.reasoning.language_model(&device)?;
     let model = chosen.model.clone();
     let planner = Arc::new(a.reasoning.planner(&chosen));
     let editor = editor(&a.editor, &device)?;

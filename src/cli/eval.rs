@@ -232,12 +232,7 @@ fn run_dataset(ds: Dataset, a: RunArgs) -> anyhow::Result<()> {
         }
     }
     if stage.grounds() {
-        let chosen = models::language_model(
-            a.reasoning.llm.as_deref(),
-            a.reasoning.llm_model.as_deref(),
-            &device,
-            a.reasoning.llm_weights,
-        )?;
+        let chosen = a.reasoning.language_model(&device)?;
         components
             .extra_names
             .insert("language_model".into(), chosen.model.name());

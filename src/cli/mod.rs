@@ -83,6 +83,17 @@ pub enum TargetArg {
 }
 
 impl ReasoningArgs {
+    /// The language model these options name (`--llm`, `--llm-model`, `--llm-weights`),
+    /// local ones loaded on `device`.
+    fn language_model(&self, device: &device::ModelDevice) -> anyhow::Result<models::ChosenModel> {
+        models::language_model(
+            self.llm.as_deref(),
+            self.llm_model.as_deref(),
+            device,
+            self.llm_weights,
+        )
+    }
+
     /// The planner these options describe over `chosen`.
     fn planner(&self, chosen: &models::ChosenModel) -> cielr::core::CielrPlanner {
         let targets = match self.targets {

@@ -8,7 +8,7 @@ use cielr::core::Scene;
 use clap::Args;
 
 use super::device::DeviceArgs;
-use super::{models, progress, ReasoningArgs};
+use super::{progress, ReasoningArgs};
 
 /// Arguments of `cielr plan`.
 #[derive(Args, Debug)]
@@ -59,12 +59,7 @@ pub fn run(a: PlanArgs) -> anyhow::Result<()> {
             "without --scene, cielr plan needs --image and the model folders (--owlv2 --sam --depth)"
         ),
     };
-    let chosen = models::language_model(
-        a.reasoning.llm.as_deref(),
-        a.reasoning.llm_model.as_deref(),
-        &device,
-        a.reasoning.llm_weights,
-    )?;
+    let chosen = a.reasoning.language_model(&device)?;
     let planner = a.reasoning.planner(&chosen);
     let out = pollster::block_on(plan(
         &planner,
