@@ -107,6 +107,18 @@ fn median_ms<B: Backend>(
     median_after::<B>(device, 2, repeats, f)
 }
 
+/// The output of one call of `f`, read back, then the median milliseconds of `repeats`
+/// further calls ([`median_ms`]).
+fn output_and_ms<B: Backend, const D: usize>(
+    device: &B::Device,
+    repeats: usize,
+    mut f: impl FnMut() -> Res<Tensor<B, D>>,
+) -> Res<(Vec<f32>, f64)> {
+    let out = values(f()?);
+    let ms = median_ms::<B>(device, repeats, || f().map(drop))?;
+    Ok((out, ms))
+}
+
 /// Median milliseconds of `repeats` calls of `f` after `warmups` calls, each call followed by
 /// a device synchronisation.
 fn median_after<B: Backend>(
@@ -191,18 +203,14 @@ where
     DepthAnything<B>: Send + Sync,
 {
     let dir = &case.dir;
-    let sync_ms = |f: &mut dyn FnMut() -> Res<()>| median_ms::<B>(device, repeats, f);
     let t = Instant::now();
     let rows = match model {
         "clip" => {
             let m = cielr_scene::clip::ClipModel::<B>::from_pretrained(dir, device)?;
             let x = case.input::<B, 4>("pixel_values", device)?;
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
-            let out = values(m.get_image_features(x.clone())?);
-            let ms = sync_ms(&mut || {
-                m.get_image_features(x.clone())?;
-                Ok(())
-            })?;
+            let (out, ms) =
+                output_and_ms(device, repeats, || Ok(m.get_image_features(x.clone())?))?;
             vec![case.row("clip-vision", "image_embeds", out, ms)?]
         }
         "owlv2" => {
@@ -210,10 +218,8 @@ where
             let x = case.input::<B, 4>("pixel_values", device)?;
             let s = x.dims()[2];
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
-            let out = values(m.embed_pixels(x.clone(), (s, s), s)?.image_feats);
-            let ms = sync_ms(&mut || {
-                m.embed_pixels(x.clone(), (s, s), s)?;
-                Ok(())
+            let (out, ms) = output_and_ms(device, repeats, || {
+                Ok(m.embed_pixels(x.clone(), (s, s), s)?.image_feats)
             })?;
             vec![case.row("owlv2-vision", "image_feats", out, ms)?]
         }
@@ -221,11 +227,7 @@ where
             let m = cielr_scene::sam::SamModel::<B>::load(dir, device)?;
             let x = case.input::<B, 4>("pixel_values", device)?;
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
-            let out = values(m.image_embeddings(x.clone())?);
-            let ms = sync_ms(&mut || {
-                m.image_embeddings(x.clone())?;
-                Ok(())
-            })?;
+            let (out, ms) = output_and_ms(device, repeats, || Ok(m.image_embeddings(x.clone())?))?;
             vec![case.row("sam-encoder", "image_embeddings", out, ms)?]
         }
         "sam-decoder" => run_sam_decoder::<B>(case, device, repeats)?,
@@ -234,11 +236,7 @@ where
                 cielr_scene::depth_anything::DepthAnythingModel::<B>::from_pretrained(dir, device)?;
             let x = case.input::<B, 4>("pixel_values", device)?;
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
-            let out = values(m.forward(x.clone())?);
-            let ms = sync_ms(&mut || {
-                m.forward(x.clone())?;
-                Ok(())
-            })?;
+            let (out, ms) = output_and_ms(device, repeats, || Ok(m.forward(x.clone())?))?;
             vec![case.row("depth-anything", "predicted_depth", out, ms)?]
         }
         "unet" => {
@@ -246,10 +244,8 @@ where
             let x = case.input::<B, 4>("sample", device)?;
             let c = case.input::<B, 3>("encoder_hidden_states", device)?;
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
-            let out = values(m.forward(x.clone(), 501.0, c.clone())?);
-            let ms = sync_ms(&mut || {
-                m.forward(x.clone(), 501.0, c.clone())?;
-                Ok(())
+            let (out, ms) = output_and_ms(device, repeats, || {
+                Ok(m.forward(x.clone(), 501.0, c.clone())?)
             })?;
             vec![case.row("unet-step", "out", out, ms)?]
         }
@@ -257,21 +253,15 @@ where
             let m = cielr_diffusion::vae::AutoencoderKl::<B>::from_dir(dir, device)?;
             let z = case.input::<B, 4>("latents", device)?;
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
-            let out = values(m.decode(z.clone())?);
-            let ms = sync_ms(&mut || {
-                m.decode(z.clone())?;
-                Ok(())
-            })?;
+            let (out, ms) = output_and_ms(device, repeats, || Ok(m.decode(z.clone())?))?;
             vec![case.row("vae-decode", "decoded", out, ms)?]
         }
         "lama" => {
             let m = cielr_diffusion::LamaInpainter::<B>::load_on(dir, device)?;
             let x = case.input::<B, 4>("input", device)?;
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
-            let out = values(m.generator().forward_logits(x.clone())?);
-            let ms = sync_ms(&mut || {
-                m.generator().forward_logits(x.clone())?;
-                Ok(())
+            let (out, ms) = output_and_ms(device, repeats, || {
+                Ok(m.generator().forward_logits(x.clone())?)
             })?;
             vec![case.row("lama", "logits", out, ms)?]
         }
