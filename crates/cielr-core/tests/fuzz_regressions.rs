@@ -13,6 +13,8 @@ use cielr_core::{CoreError, Mask, Plan, Scene};
 
 #[path = "support/fuzz_support.rs"]
 mod fuzz_support;
+#[path = "support/json_close.rs"]
+mod json_close;
 
 use fuzz_support::{fixtures, peak_during, scratch, MIB};
 
@@ -317,26 +319,6 @@ fn safetensors_sizes_are_checked_against_the_file_before_allocating() {
 
 // ---------------------------------------------------------------- replayed fuzz findings
 
-/// Whether two JSON values are equal, numbers within a relative 1e-12.
-fn json_close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
-            _ => x == y,
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_close(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_close(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
 /// Every input the `ssr_json` fuzz target kept is rejected with an error or parsed into a
 /// valid scene that survives a write and re-read. `float-1ulp-roundtrip.ssr.json` (a bbox
 /// coordinate `369.099999999E90`) showed that serde_json's default float parser can land
@@ -350,7 +332,7 @@ fn ssr_json_fuzz_findings() {
             scene.validate().unwrap();
             let again = Scene::from_json(&scene.to_json()).unwrap();
             assert!(
-                json_close(&scene.to_value(), &again.to_value()),
+                json_close::json_close(&scene.to_value(), &again.to_value()),
                 "{}",
                 path.display()
             );
