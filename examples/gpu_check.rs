@@ -32,6 +32,12 @@
 //! Driven by `tools/gpu/check.sh`; builds and runs on CPU too (`--device cpu`, the flex
 //! backend); `--device cuda` needs the `cuda` feature and a CUDA driver.
 
+/// The models' many large short-lived tensors are slow under glibc malloc (docs/performance.md,
+/// "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

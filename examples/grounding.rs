@@ -23,6 +23,12 @@
 //! `--reverse-order` lists the SSR's objects to the planner in reverse order (ids unchanged),
 //! a control for a model that just picks the first object listed.
 
+/// The models' many large short-lived tensors are slow under glibc malloc (docs/performance.md,
+/// "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

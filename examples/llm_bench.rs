@@ -21,6 +21,12 @@
 //! `f32` copy (`Llama::from_gguf_compact`; prefill dequantises one matrix at a time). The
 //! resident memory after loading (VmRSS) is printed as `rss_after_load_mb` (Linux).
 
+/// The models' many large short-lived tensors are slow under glibc malloc (docs/performance.md,
+/// "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::Instant;
 

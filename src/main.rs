@@ -2,6 +2,12 @@
 
 mod cli;
 
+/// The models' many large short-lived tensors are slow under glibc malloc (docs/performance.md,
+/// "Allocator").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if let Err(e) = cli::run() {
         eprintln!("error: {e:#}");

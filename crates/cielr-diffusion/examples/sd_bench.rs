@@ -7,6 +7,11 @@
 //!
 //! Usage: `cargo run --release -p cielr-diffusion --example sd_bench -- OUT`
 
+/// The models' many large short-lived tensors are slow under glibc malloc (docs/performance.md,
+/// "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -7,6 +7,11 @@
 //! Usage: `cargo run --release -p cielr-diffusion --example sd_inpaint_run -- DIR SIZE STEPS
 //! [--no-slicing] [--max-scores N] [--guidance G]`
 
+/// The models' many large short-lived tensors are slow under glibc malloc (docs/performance.md,
+/// "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use cielr_core::backend::CpuBackend;

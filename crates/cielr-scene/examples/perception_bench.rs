@@ -8,6 +8,11 @@
 //! The input is the deterministic pattern `perception_ref.py` also uses:
 //! `x[i] = ((i * 7919) % 1000) / 500 - 1` over the flattened `[1, 3, size, size]` tensor.
 
+/// The models' many large short-lived tensors are slow under glibc malloc (docs/performance.md,
+/// "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
