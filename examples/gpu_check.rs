@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! gpu_check MODEL DIR [--device cpu|cuda] [--repeats N] [--precision f32|f16|bf16]
+//!     [--sd-attention auto|fused|sliced|off]
 //! ```
 //!
 //! MODEL is one of `clip owlv2 sam sam-decoder depth unet vae lama llm e2e sd-inpaint`. Prints
@@ -29,6 +30,11 @@
 //! initial noise) on the folder and inputs `ref.py` wrote and compares the final image and
 //! latents with diffusers' `StableDiffusionInpaintPipeline`.
 //!
+//! `--sd-attention` sets how the SD UNet and VAE attend in `unet`, `vae`, `sd-inpaint` and
+//! `e2e` (`cielr_diffusion::blocks::AttentionSlicing`): `auto` (the default: the fused CPU
+//! kernel on the CPU, slices of 2^25 scores on CUDA), `fused` (the backend's fused attention,
+//! Burn's flash attention on CUDA), `sliced`, `off`.
+//!
 //! Driven by `tools/gpu/check.sh`; builds and runs on CPU too (`--device cpu`, the flex
 //! backend); `--device cuda` needs the `cuda` feature and a CUDA driver.
 
@@ -45,6 +51,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 use cielr_core::weights::TensorStore;
+use cielr_diffusion::blocks::AttentionSlicing;
 use cielr_scene::depth_anything::DepthAnything;
 use cielr_scene::owlv2::{Owlv2Detector, Owlv2ImageEmbedding};
 use cielr_scene::sam::SamModel;
@@ -153,6 +160,8 @@ struct Case {
     dir: PathBuf,
     inputs: TensorStore,
     refs: TensorStore,
+    /// How the SD UNet and VAE attend (`--sd-attention`).
+    sd_attention: AttentionSlicing,
 }
 
 impl Case {
@@ -166,6 +175,7 @@ impl Case {
             dir: dir.to_path_buf(),
             inputs: open("inputs.safetensors")?,
             refs: open("reference.safetensors")?,
+            sd_attention: AttentionSlicing::Auto,
         })
     }
 
@@ -246,7 +256,8 @@ where
             vec![case.row("depth-anything", "predicted_depth", out, ms)?]
         }
         "unet" => {
-            let m = cielr_diffusion::unet::UNet2DConditionModel::<B>::from_dir(dir, device)?;
+            let mut m = cielr_diffusion::unet::UNet2DConditionModel::<B>::from_dir(dir, device)?;
+            m.set_attention_slicing(case.sd_attention);
             let x = case.input::<B, 4>("sample", device)?;
             let c = case.input::<B, 3>("encoder_hidden_states", device)?;
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
@@ -256,7 +267,8 @@ where
             vec![case.row("unet-step", "out", out, ms)?]
         }
         "vae" => {
-            let m = cielr_diffusion::vae::AutoencoderKl::<B>::from_dir(dir, device)?;
+            let mut m = cielr_diffusion::vae::AutoencoderKl::<B>::from_dir(dir, device)?;
+            m.set_attention_slicing(case.sd_attention);
             let z = case.input::<B, 4>("latents", device)?;
             eprintln!("[ours] loaded in {:.2} s", t.elapsed().as_secs_f64());
             let (out, ms) = output_and_ms(device, repeats, || Ok(m.decode(z.clone())?))?;
@@ -383,7 +395,8 @@ fn run_sd_inpaint<B: Backend>(case: &Case, device: &B::Device) -> Res<Vec<Row>> 
         mask_v[y as usize * w + x as usize] > 0.5
     })?;
     let t = Instant::now();
-    let sd = SdInpaintPipeline::<B>::from_dir(&case.dir, device)?;
+    let mut sd = SdInpaintPipeline::<B>::from_dir(&case.dir, device)?;
+    sd.set_attention_slicing(case.sd_attention);
     let noise = case.input::<B, 4>("noise", device)?;
     eprintln!(
         "[ours] loaded in {:.2} s ({:?} scheduler, {w}x{h}, {} steps)",
@@ -476,7 +489,8 @@ where
         )?;
         let cfg = cielr_planner::llama::LlamaConfig::from_file(&dir.join("llm/config.json"))?;
         let llm = cfg.init::<B>(device)?;
-        let sd = SdInpaintPipeline::<B>::from_dir(dir.join("sd"), device)?;
+        let mut sd = SdInpaintPipeline::<B>::from_dir(dir.join("sd"), device)?;
+        sd.set_attention_slicing(case.sd_attention);
         Ok((ssr, llm, sd))
     })?;
     eprintln!(
@@ -636,16 +650,28 @@ fn main() {
 
 fn real_main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage =
-        "usage: gpu_check MODEL DIR [--device cpu|cuda] [--repeats N] [--precision f32|f16|bf16]";
+    let usage = "usage: gpu_check MODEL DIR [--device cpu|cuda] [--repeats N] \
+                 [--precision f32|f16|bf16] [--sd-attention auto|fused|sliced|off]";
     let (mut device, mut repeats, mut precision, mut pos) =
         ("cpu".to_string(), 5usize, "f32".to_string(), Vec::new());
+    let mut sd_attention = AttentionSlicing::Auto;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--device" => device = it.next().ok_or(usage)?.clone(),
             "--repeats" => repeats = it.next().ok_or(usage)?.parse()?,
             "--precision" => precision = it.next().ok_or(usage)?.clone(),
+            "--sd-attention" => {
+                sd_attention = match it.next().ok_or(usage)?.as_str() {
+                    "auto" => AttentionSlicing::Auto,
+                    "fused" => AttentionSlicing::Fused,
+                    "sliced" => AttentionSlicing::MaxScores(AttentionSlicing::DEFAULT_MAX_SCORES),
+                    "off" => AttentionSlicing::Off,
+                    other => {
+                        return Err(format!("unknown --sd-attention `{other}` ({usage})").into())
+                    }
+                }
+            }
             _ => pos.push(a.clone()),
         }
     }
@@ -664,9 +690,13 @@ fn real_main() -> Res<()> {
             dir: PathBuf::from(dir),
             inputs: TensorStore::from_buffers(Vec::new())?,
             refs: TensorStore::from_buffers(Vec::new())?,
+            sd_attention,
         }
     } else {
-        Case::open(Path::new(dir))?
+        Case {
+            sd_attention,
+            ..Case::open(Path::new(dir))?
+        }
     };
     let rows = match device.as_str() {
         "cpu" => {

@@ -17,7 +17,8 @@
 # Environment: PYTHON (default: python3, or /work/venv-diff/bin/python where it exists: torch,
 #   transformers 5, diffusers 0.42, safetensors, PyYAML), LAMA_REPO (LaMa sources; default
 #   target/gpu-carry/lama-src if present, see tools/gpu/prepare.sh), MODEL_TIMEOUT (seconds per
-#   model and side, default 300).
+#   model and side, default 300), OURS_ARGS (extra arguments for every run of ours, e.g.
+#   `--sd-attention fused` to time Burn's fused attention in the SD rows on CUDA).
 # Exit status: 0 when every model ran and every f32 row is within tolerance, 1 otherwise.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
         --out) out="$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
         --no-half) half=0; shift ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -89,7 +90,7 @@ for m in $models; do
     fi
     grep '^\[torch\]' "$d/torch.log"
     echo "== $m: ours"
-    if ! timeout "$tmo" "$bin" "$m" "$d" --device "$device" --repeats "$repeats" > "$d/ours.log" 2>&1; then
+    if ! timeout "$tmo" "$bin" "$m" "$d" --device "$device" --repeats "$repeats" ${OURS_ARGS:-} > "$d/ours.log" 2>&1; then
         echo "ours failed (see $d/ours.log):"; tail -5 "$d/ours.log"
         echo "ours failed: $(tail -1 "$d/ours.log")" > "$d/failed"
         continue
@@ -98,7 +99,7 @@ for m in $models; do
     # Ours in half precision (same weights, cast at load): a failure here is a "not run" half
     # row with its reason, not a failed model. e2e is timed in f32 only.
     if [ "$half" = 1 ] && [ "$m" != e2e ]; then
-        if timeout "$tmo" "$bin" "$m" "$d" --device "$device" --repeats "$repeats" --precision "$halfp" > "$d/ours-half.log" 2>&1; then
+        if timeout "$tmo" "$bin" "$m" "$d" --device "$device" --repeats "$repeats" --precision "$halfp" ${OURS_ARGS:-} > "$d/ours-half.log" 2>&1; then
             cat "$d/ours-half.log"
         else
             rc=$?

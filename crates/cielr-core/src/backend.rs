@@ -9,6 +9,12 @@ pub type CpuBackend = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type CudaBackend = burn::backend::Cuda;
 
+/// Whether `B` is [`CpuBackend`] (code with a faster CPU path than Burn's generic ops checks
+/// this before taking it).
+pub fn is_cpu_backend<B: burn::tensor::backend::Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<CpuBackend>()
+}
+
 /// What compute is usable in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accelerator {

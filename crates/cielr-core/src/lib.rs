@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod backend;
 pub mod error;
 pub mod geometry;

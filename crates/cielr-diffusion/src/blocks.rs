@@ -7,6 +7,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
 use crate::error::Result;
@@ -160,13 +161,23 @@ pub(crate) fn upsample_nearest2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// once; a checkpoint whose VAE downsamples less attends over far more positions (a VAE with
 /// factor 2 gives 65536 positions at 512x512: 16 GiB per head). Slicing computes the same
 /// values (each query row's softmax sees all keys) a group of heads or rows at a time.
+///
+/// The default, [`AttentionSlicing::Auto`], runs the fused kernel of `cielr_core::attention` on
+/// the CPU backend (one tile of scores per thread, never the whole matrix) and slices of
+/// [`AttentionSlicing::DEFAULT_MAX_SCORES`] elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionSlicing {
-    /// All heads and rows at once (fastest where it fits in memory).
+    /// Fused on the CPU backend, `MaxScores(DEFAULT_MAX_SCORES)` on others (the default).
+    Auto,
+    /// All heads and rows at once, as separate matrix products and a softmax (fastest
+    /// where it fits in memory, on backends without a fused kernel).
     Off,
     /// At most this many scores per slice: whole heads when a head fits, else rows of one
     /// head (at least one row per slice).
     MaxScores(usize),
+    /// The backend's fused attention (`cielr_core::attention::attention`: the CPU kernel on
+    /// the CPU backend, Burn's flash attention on CUDA), which never materialises the scores.
+    Fused,
 }
 
 impl AttentionSlicing {
@@ -177,28 +188,32 @@ impl AttentionSlicing {
     pub(crate) fn as_limit(self) -> usize {
         match self {
             AttentionSlicing::Off => 0,
-            AttentionSlicing::MaxScores(n) => n.max(1),
+            AttentionSlicing::MaxScores(n) => n.clamp(1, usize::MAX - 2),
+            AttentionSlicing::Auto => usize::MAX - 1,
+            AttentionSlicing::Fused => usize::MAX,
         }
     }
 
-    /// The setting a stored bound stands for (0 = off).
+    /// The setting a stored bound stands for (0 = off, the two largest values auto and fused).
     pub(crate) fn from_limit(limit: usize) -> Self {
-        if limit == 0 {
-            AttentionSlicing::Off
-        } else {
-            AttentionSlicing::MaxScores(limit)
+        match limit {
+            0 => AttentionSlicing::Off,
+            usize::MAX => AttentionSlicing::Fused,
+            n if n == usize::MAX - 1 => AttentionSlicing::Auto,
+            n => AttentionSlicing::MaxScores(n),
         }
     }
 }
 
 impl Default for AttentionSlicing {
     fn default() -> Self {
-        AttentionSlicing::MaxScores(Self::DEFAULT_MAX_SCORES)
+        AttentionSlicing::Auto
     }
 }
 
 /// Scaled dot-product attention `softmax(q k^T * scale) v` over `[batch * heads, rows, dim]`
-/// queries and `[batch * heads, keys, dim]` keys and values, in slices bounded by `slicing`.
+/// queries and `[batch * heads, keys, dim]` keys and values, fused or in slices bounded by
+/// `slicing`.
 pub fn attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
@@ -208,13 +223,30 @@ pub fn attention<B: Backend>(
 ) -> Tensor<B, 3> {
     let [bh, n, _] = q.dims();
     let s = k.dims()[1];
+    let slicing = match slicing {
+        AttentionSlicing::Auto if cielr_core::backend::is_cpu_backend::<B>() => {
+            AttentionSlicing::Fused
+        }
+        AttentionSlicing::Auto => AttentionSlicing::MaxScores(AttentionSlicing::DEFAULT_MAX_SCORES),
+        other => other,
+    };
+    if slicing == AttentionSlicing::Fused {
+        let options = AttentionModuleOptions {
+            scale: Some(scale),
+            ..Default::default()
+        };
+        let [_, _, dv] = v.dims();
+        let four = |t: Tensor<B, 3>| t.unsqueeze_dim::<4>(0);
+        return cielr_core::attention::attention(four(q), four(k), four(v), None, None, options)
+            .reshape([bh, n, dv]);
+    }
     let kt = k.swap_dims(1, 2);
     let full = |q: Tensor<B, 3>, kt: Tensor<B, 3>, v: Tensor<B, 3>| {
         softmax(q.matmul(kt) * scale, 2).matmul(v)
     };
     let max = match slicing {
-        AttentionSlicing::Off => return full(q, kt, v),
         AttentionSlicing::MaxScores(m) => m.max(1),
+        _ => return full(q, kt, v),
     };
     let per_head = n.saturating_mul(s);
     if bh.saturating_mul(per_head) <= max || bh == 0 || n == 0 {

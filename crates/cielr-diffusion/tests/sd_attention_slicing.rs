@@ -68,6 +68,13 @@ fn sliced_attention_equals_unsliced() {
         println!("max scores {max:>9}: max abs diff {diff:.2e}");
         assert!(diff <= 1e-6, "bound {max}: {diff:.3e}");
     }
+    // The fused kernel (the default on the CPU backend) computes the same.
+    for slicing in [AttentionSlicing::Fused, AttentionSlicing::Auto] {
+        let fused = attention(q.clone(), k.clone(), v.clone(), scale, slicing);
+        let diff = max_abs_diff(fused, full.clone());
+        println!("{slicing:?}: max abs diff {diff:.2e}");
+        assert!(diff <= 1e-6, "{slicing:?}: {diff:.3e}");
+    }
 }
 
 #[test]
@@ -89,12 +96,16 @@ fn sliced_unet_equals_unsliced() {
         );
         unet.set_attention_slicing(AttentionSlicing::Off);
         let full = unet.forward(sample.clone(), 501.0, ehs.clone()).unwrap();
-        for max in [64, 7] {
-            unet.set_attention_slicing(AttentionSlicing::MaxScores(max));
+        for slicing in [
+            AttentionSlicing::MaxScores(64),
+            AttentionSlicing::MaxScores(7),
+            AttentionSlicing::Fused,
+        ] {
+            unet.set_attention_slicing(slicing);
             let sliced = unet.forward(sample.clone(), 501.0, ehs.clone()).unwrap();
             let diff = max_abs_diff(sliced, full.clone());
-            println!("{name} max scores {max}: max abs diff {diff:.2e}");
-            assert!(diff <= 1e-5, "{name} bound {max}: {diff:.3e}");
+            println!("{name} {slicing:?}: max abs diff {diff:.2e}");
+            assert!(diff <= 1e-5, "{name} {slicing:?}: {diff:.3e}");
         }
     }
 }
@@ -107,11 +118,15 @@ fn sliced_vae_equals_unsliced() {
     vae.set_attention_slicing(AttentionSlicing::Off);
     let mean = vae.encode(input.clone()).unwrap().mean;
     let decoded = vae.decode(mean.clone()).unwrap();
-    for max in [50, 1] {
-        vae.set_attention_slicing(AttentionSlicing::MaxScores(max));
+    for slicing in [
+        AttentionSlicing::MaxScores(50),
+        AttentionSlicing::MaxScores(1),
+        AttentionSlicing::Fused,
+    ] {
+        vae.set_attention_slicing(slicing);
         let d_mean = max_abs_diff(vae.encode(input.clone()).unwrap().mean, mean.clone());
         let d_dec = max_abs_diff(vae.decode(mean.clone()).unwrap(), decoded.clone());
-        println!("vae max scores {max}: encode {d_mean:.2e}, decode {d_dec:.2e}");
-        assert!(d_mean <= 1e-5 && d_dec <= 1e-5, "bound {max}");
+        println!("vae {slicing:?}: encode {d_mean:.2e}, decode {d_dec:.2e}");
+        assert!(d_mean <= 1e-5 && d_dec <= 1e-5, "{slicing:?}");
     }
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use burn::tensor::backend::Backend;
-use cielr_core::backend::CpuBackend;
+use cielr_core::backend::{is_cpu_backend, CpuBackend};
 use cielr_core::{Constraint, CoreError, GenerationRequest, LanguageModel};
 
 use crate::chat::ChatTemplate;
@@ -92,10 +92,6 @@ pub enum GgufWeightsMode {
     /// matrix into a temporary `f32` copy (one at a time), which costs prefill time. For
     /// models whose `f32` copy does not fit in memory. CPU backends only.
     AsStoredOnly,
-}
-
-fn is_cpu_backend<B: Backend>() -> bool {
-    std::any::TypeId::of::<B>() == std::any::TypeId::of::<CpuBackend>()
 }
 
 impl<B: Backend> LocalLlm<B> {

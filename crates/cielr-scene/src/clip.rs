@@ -34,9 +34,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::activation::{gelu, sigmoid, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
+use cielr_core::attention::attention;
 use cielr_core::weights::TensorStore;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -662,8 +662,8 @@ impl<B: Backend> ClipAttention<B> {
         let k = heads(self.k_proj.forward(x.clone()));
         let v = heads(self.v_proj.forward(x));
         let out = match mask {
-            // Unmasked (vision tower, OWLv2's 3601 tokens at 960 px): the backend's fused
-            // attention (flash-style on `flex`, no `[batch, heads, seq, seq]` tensor held).
+            // Unmasked (vision tower, OWLv2's 3601 tokens at 960 px): fused attention
+            // (cielr-core's CPU kernel, the backend's elsewhere; no score tensor held).
             None => attention(
                 q,
                 k,

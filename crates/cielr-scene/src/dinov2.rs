@@ -15,9 +15,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::attention::attention;
 use cielr_core::weights::Weights;
 use serde::Deserialize;
 use serde_json::Value;
@@ -324,7 +324,8 @@ impl<B: Backend> Layer<B> {
         let q = split(self.q.forward(h.clone()));
         let k = split(self.k.forward(h.clone()));
         let v = split(self.v.forward(h));
-        // The backend's fused attention (flash-style on `flex`): no score tensor held.
+        // Fused attention (cielr-core's CPU kernel, the backend's elsewhere): no score
+        // tensor held.
         let options = AttentionModuleOptions {
             scale: Some((hd as f64).powf(-0.5)),
             softcap: None,

@@ -6,9 +6,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, Linear, PaddingConfig2d};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
+use cielr_core::attention::attention;
 use cielr_core::weights::Weights;
 
 use super::config::SamVisionConfig;
@@ -163,8 +163,8 @@ impl<B: Backend> SamVisionAttention<B> {
             }
             _ => (q, k, self.scale),
         };
-        // The backend's fused attention (flash-style on `flex` for the 4096-token global
-        // layers): neither the scores nor a rel-pos bias are materialised.
+        // Fused attention (cielr-core's CPU kernel, the backend's elsewhere; the 4096-token
+        // global layers): neither the scores nor a rel-pos bias are materialised.
         let options = AttentionModuleOptions {
             scale: Some(scale),
             softcap: None,

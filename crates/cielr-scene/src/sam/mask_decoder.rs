@@ -4,11 +4,12 @@
 //! MLP are also SAM 2's ([`crate::sam2::decoder`]), which passes its names in a `TwoWaySpec`.
 
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, relu, softmax};
+use burn::tensor::activation::{gelu, relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv_transpose2d;
-use burn::tensor::ops::ConvTransposeOptions;
+use burn::tensor::ops::{AttentionModuleOptions, ConvTransposeOptions};
 use burn::tensor::Tensor;
+use cielr_core::attention::attention;
 use cielr_core::weights::Weights;
 
 use super::config::SamMaskDecoderConfig;
@@ -80,8 +81,11 @@ impl<B: Backend> Attention<B> {
         let q = split(self.q_proj.forward(q));
         let k = split(self.k_proj.forward(k));
         let v = split(self.v_proj.forward(v));
-        let probs = softmax(q.matmul(k.swap_dims(2, 3)) * self.scale, 3);
-        let out = probs.matmul(v).swap_dims(1, 2);
+        let options = AttentionModuleOptions {
+            scale: Some(self.scale),
+            ..Default::default()
+        };
+        let out = attention(q, k, v, None, None, options).swap_dims(1, 2);
         let [n, t, h, hd] = out.dims();
         self.out_proj.forward(out.reshape([n, t, h * hd]))
     }

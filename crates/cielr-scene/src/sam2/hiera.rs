@@ -5,9 +5,11 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::attention::attention;
 use cielr_core::weights::Weights;
 
 use super::config::{Sam2HieraConfig, Sam2VisionConfig};
@@ -154,9 +156,11 @@ impl<B: Backend> MultiScaleAttention<B> {
         let k = k.swap_dims(1, 2);
         let v = v.swap_dims(1, 2);
         let scale = (hd as f64).powf(-0.5);
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
-        let out = attn
-            .matmul(v)
+        let options = AttentionModuleOptions {
+            scale: Some(scale),
+            ..Default::default()
+        };
+        let out = attention(q, k, v, None, None, options)
             .swap_dims(1, 2)
             .reshape([b, h, w, self.dim_out]);
         self.proj.forward(out)
