@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod attention;
 pub mod backend;
 pub mod error;

@@ -5,10 +5,11 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
+use cielr_core::activation::silu;
 
 use crate::error::Result;
 use crate::weights::Weights;

@@ -34,9 +34,9 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
-use burn::tensor::activation::{gelu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::activation::{gelu, silu};
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -29,9 +29,9 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use cielr_core::activation::silu;
 use serde::Deserialize;
 use serde_json::Value;
 

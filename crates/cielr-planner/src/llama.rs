@@ -14,10 +14,10 @@ use std::path::Path;
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use cielr_core::activation::silu;
 use cielr_core::attention::attention;
 use rayon::prelude::*;
 use serde::Deserialize;

@@ -34,9 +34,10 @@ use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::activation::gelu;
 use image::DynamicImage;
 use serde_json::{json, Map, Value};
 

@@ -4,10 +4,10 @@
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, Linear, PaddingConfig2d};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
+use cielr_core::activation::gelu;
 use cielr_core::attention::attention;
 use cielr_core::weights::Weights;
 

@@ -4,11 +4,12 @@
 //! MLP are also SAM 2's ([`crate::sam2::decoder`]), which passes its names in a `TwoWaySpec`.
 
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, relu};
+use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv_transpose2d;
 use burn::tensor::ops::{AttentionModuleOptions, ConvTransposeOptions};
 use burn::tensor::Tensor;
+use cielr_core::activation::gelu;
 use cielr_core::attention::attention;
 use cielr_core::weights::Weights;
 

@@ -4,9 +4,9 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::LayerNorm;
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::activation::gelu;
 use cielr_core::weights::Weights;
 
 use super::config::{SamConfig, SamPromptEncoderConfig};

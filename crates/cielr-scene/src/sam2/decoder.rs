@@ -9,9 +9,10 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::LayerNorm;
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::activation::gelu;
 use cielr_core::weights::Weights;
 
 use super::config::{Sam2MaskDecoderConfig, Sam2PromptEncoderConfig};

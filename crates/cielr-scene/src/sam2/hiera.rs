@@ -5,10 +5,10 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::activation::gelu;
 use cielr_core::attention::attention;
 use cielr_core::weights::Weights;
 
