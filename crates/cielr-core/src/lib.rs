@@ -17,6 +17,7 @@
 pub mod activation;
 pub mod attention;
 pub mod backend;
+pub mod conv;
 pub mod error;
 pub mod geometry;
 pub mod imageops;

@@ -13,6 +13,7 @@ use cielr_core::activation::silu;
 
 use crate::error::Result;
 use crate::weights::Weights;
+use cielr_core::conv::conv2d_module;
 
 /// The shape of a [`ResnetBlock2d`]: channels, normalisation and the optional time embedding.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,7 +79,7 @@ impl<B: Backend> ResnetBlock2d<B> {
     /// Applies the block; `temb` is the time embedding after SiLU, `[B, temb_channels]`, and is
     /// only used by a block with a time embedding.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = conv2d_module(&self.conv1, silu(self.norm1.forward(x.clone())));
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let [b, c] = [h.dims()[0], h.dims()[1]];
@@ -86,9 +87,9 @@ impl<B: Backend> ResnetBlock2d<B> {
             }
             _ => h,
         };
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv2d_module(&self.conv2, silu(self.norm2.forward(h)));
         let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(x),
+            Some(c) => conv2d_module(c, x),
             None => x,
         };
         let out = shortcut + h;
@@ -122,7 +123,7 @@ impl<B: Backend> Downsample2d<B> {
 
     /// Applies the block.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(x)
+        conv2d_module(&self.conv, x)
     }
 }
 
@@ -142,7 +143,7 @@ impl<B: Backend> Upsample2d<B> {
 
     /// Applies the block.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(upsample_nearest2x(x))
+        conv2d_module(&self.conv, upsample_nearest2x(x))
     }
 }
 

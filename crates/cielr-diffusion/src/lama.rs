@@ -50,6 +50,7 @@ use crate::error::{DiffusionError, Result};
 use crate::fft::{irfft2, rfft2, Spectrum};
 use crate::inpaint::check_mask;
 use crate::weights::{read_json, Weights};
+use cielr_core::conv::conv2d_module;
 
 /// The keyword arguments of one kind of FFC block (`init_conv_kwargs`,
 /// `downsample_conv_kwargs`, `resnet_conv_kwargs` in LaMa's configs).
@@ -411,7 +412,7 @@ impl<B: Backend> PadConv<B> {
         } else {
             x
         };
-        self.conv.forward(x)
+        conv2d_module(&self.conv, x)
     }
 }
 

@@ -45,6 +45,7 @@ use crate::blocks::{
 };
 use crate::error::{DiffusionError, Result};
 use crate::weights::{read_json, Checkpoint, Weights};
+use cielr_core::conv::conv2d_module;
 
 // ============================================================================ config
 
@@ -751,7 +752,7 @@ impl<B: Backend> Transformer2d<B> {
         let [b, c, h, w] = x.dims();
         let mut y = self.norm.forward(x.clone());
         if let Some(p) = &self.proj_in_conv {
-            y = p.forward(y);
+            y = conv2d_module(p, y);
         }
         let inner = y.dims()[1];
         let mut t = y.reshape([b, inner, h * w]).swap_dims(1, 2);
@@ -767,7 +768,7 @@ impl<B: Backend> Transformer2d<B> {
         let c_t = t.dims()[2];
         let mut y = t.swap_dims(1, 2).reshape([b, c_t, h, w]);
         if let Some(p) = &self.proj_out_conv {
-            y = p.forward(y);
+            y = conv2d_module(p, y);
         }
         debug_assert_eq!(y.dims()[1], c);
         y + x
@@ -1229,7 +1230,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let temb = silu(emb);
         let context = encoder_hidden_states;
 
-        let mut x = self.conv_in.forward(sample);
+        let mut x = conv2d_module(&self.conv_in, sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             x = block.forward(x, &temb, &context, &mut skips);
@@ -1240,6 +1241,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
         for block in &self.up_blocks {
             x = block.forward(x, &temb, &context, &mut skips)?;
         }
-        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(x))))
+        Ok(conv2d_module(
+            &self.conv_out,
+            silu(self.conv_norm_out.forward(x)),
+        ))
     }
 }

@@ -40,6 +40,7 @@ use crate::blocks::{attention, AttentionSlicing, Downsample2d, ResnetBlockConfig
 use crate::error::{DiffusionError, Result};
 use crate::schedulers::NoiseSource;
 use crate::weights::{read_json, Checkpoint, Weights};
+use cielr_core::conv::conv2d_module;
 
 /// GroupNorm's epsilon everywhere in the VAE.
 const EPS: f64 = 1e-6;
@@ -489,12 +490,12 @@ impl<B: Backend> Encoder<B> {
 
     /// Image `[B, in_channels, H, W]` to `[B, 2 * latent_channels, H / f, W / f]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = self.conv_in.forward(x);
+        let mut x = conv2d_module(&self.conv_in, x);
         for b in &self.down_blocks {
             x = b.forward(x);
         }
         let x = self.mid_block.forward(x);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d_module(&self.conv_out, silu(self.conv_norm_out.forward(x)))
     }
 }
 
@@ -571,11 +572,11 @@ impl<B: Backend> Decoder<B> {
 
     /// Latents `[B, latent_channels, h, w]` to an image `[B, out_channels, h * f, w * f]`.
     pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
-        let mut x = self.mid_block.forward(self.conv_in.forward(z));
+        let mut x = self.mid_block.forward(conv2d_module(&self.conv_in, z));
         for b in &self.up_blocks {
             x = b.forward(x);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d_module(&self.conv_out, silu(self.conv_norm_out.forward(x)))
     }
 }
 
@@ -699,7 +700,7 @@ impl<B: Backend> AutoencoderKl<B> {
         }
         let mut moments = self.encoder.forward(images);
         if let Some(q) = &self.quant_conv {
-            moments = q.forward(moments);
+            moments = conv2d_module(q, moments);
         }
         let [b, c2, h, w] = moments.dims();
         let l = c2 / 2;
@@ -724,7 +725,7 @@ impl<B: Backend> AutoencoderKl<B> {
             ));
         }
         let z = match &self.post_quant_conv {
-            Some(p) => p.forward(latents),
+            Some(p) => conv2d_module(p, latents),
             None => latents,
         };
         Ok(self.decoder.forward(z))

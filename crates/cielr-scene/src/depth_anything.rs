@@ -22,9 +22,10 @@ use std::path::Path;
 
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv2d, conv_transpose2d, interpolate};
+use burn::tensor::module::{conv_transpose2d, interpolate};
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::conv::conv2d;
 use cielr_core::mask::Mask;
 use cielr_core::weights::{TensorStore, Weights};
 use image::DynamicImage;
