@@ -95,11 +95,11 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 print(f"\nmodel {model}\nCPU {cpu}, {len(rows)} implementations, {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC")
 load = open("/proc/loadavg").read().split()[:3]
 print(f"load average at the end {' '.join(load)} (other processes skew every number; best-of in brackets)")
-print(f"{"implementation":78} {'threads':>7} {'prefill tok/s':>20} {'decode tok/s':>18}")
+print(f"{'implementation':78} {'threads':>7} {'prefill tok/s':>20} {'decode tok/s':>18}")
 for r in rows.values():
     pf = f"{r['prefill_tokens_per_s']:.1f} ({r.get('prefill_best_tokens_per_s', 0):.1f})"
     dc = f"{r['decode_tokens_per_s']:.1f} ({r.get('decode_best_tokens_per_s', 0):.1f})"
-    print(f"{r["impl"][:78]:78} {r['threads']!s:>7} {pf:>20} {dc:>18}")
+    print(f"{r['impl'][:78]:78} {r['threads']!s:>7} {pf:>20} {dc:>18}")
 for mine, label in (("cielr", "cielr f32"), ("cielr_quant", "cielr as stored")):
     ours = rows.get(mine)
     if not ours:

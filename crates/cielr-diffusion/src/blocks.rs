@@ -207,6 +207,21 @@ impl AttentionSlicing {
     }
 }
 
+impl AttentionSlicing {
+    /// What this setting does on backend `B`: [`AttentionSlicing::Auto`] becomes
+    /// [`AttentionSlicing::Fused`] on the CPU backend and `MaxScores(DEFAULT_MAX_SCORES)`
+    /// elsewhere; the others stay as they are.
+    pub fn resolve<B: Backend>(self) -> Self {
+        match self {
+            AttentionSlicing::Auto if cielr_core::backend::is_cpu_backend::<B>() => {
+                AttentionSlicing::Fused
+            }
+            AttentionSlicing::Auto => AttentionSlicing::MaxScores(Self::DEFAULT_MAX_SCORES),
+            other => other,
+        }
+    }
+}
+
 impl Default for AttentionSlicing {
     fn default() -> Self {
         AttentionSlicing::Auto
@@ -225,13 +240,7 @@ pub fn attention<B: Backend>(
 ) -> Tensor<B, 3> {
     let [bh, n, _] = q.dims();
     let s = k.dims()[1];
-    let slicing = match slicing {
-        AttentionSlicing::Auto if cielr_core::backend::is_cpu_backend::<B>() => {
-            AttentionSlicing::Fused
-        }
-        AttentionSlicing::Auto => AttentionSlicing::MaxScores(AttentionSlicing::DEFAULT_MAX_SCORES),
-        other => other,
-    };
+    let slicing = slicing.resolve::<B>();
     if slicing == AttentionSlicing::Fused {
         let options = AttentionModuleOptions {
             scale: Some(scale),

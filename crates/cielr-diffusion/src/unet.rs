@@ -35,6 +35,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::activation::{gelu, silu};
 use serde::Deserialize;
@@ -598,11 +599,37 @@ impl<B: Backend> CrossAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, context: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         let [b, n, _] = x.dims();
         let context = context.unwrap_or_else(|| x.clone());
+        let slicing = AttentionSlicing::from_limit(self.max_scores).resolve::<B>();
+        if slicing == AttentionSlicing::Fused {
+            // Heads as views (`[b, heads, len, head_dim]`, no copy): the fused attention reads
+            // strided inputs in place.
+            let heads = |t: Tensor<B, 3>| {
+                let [_, len, _] = t.dims();
+                t.reshape([b, len, self.heads, self.head_dim])
+                    .swap_dims(1, 2)
+            };
+            let options = AttentionModuleOptions {
+                scale: Some(1.0 / (self.head_dim as f64).sqrt()),
+                ..Default::default()
+            };
+            let out = cielr_core::attention::attention(
+                heads(self.to_q.forward(x)),
+                heads(self.to_k.forward(context.clone())),
+                heads(self.to_v.forward(context)),
+                None,
+                None,
+                options,
+            );
+            return self.to_out.forward(out.swap_dims(1, 2).reshape([
+                b,
+                n,
+                self.heads * self.head_dim,
+            ]));
+        }
         let q = self.split_heads(self.to_q.forward(x));
         let k = self.split_heads(self.to_k.forward(context.clone()));
         let v = self.split_heads(self.to_v.forward(context));
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let slicing = AttentionSlicing::from_limit(self.max_scores);
         let out = attention(q, k, v, scale, slicing);
         let out = out
             .reshape([b, self.heads, n, self.head_dim])
