@@ -167,9 +167,10 @@ pub(crate) fn upsample_nearest2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// The default, [`AttentionSlicing::Auto`], runs the fused kernel of `cielr_core::attention` on
 /// the CPU backend (one tile of scores per thread, never the whole matrix) and slices of
 /// [`AttentionSlicing::DEFAULT_MAX_SCORES`] elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionSlicing {
     /// Fused on the CPU backend, `MaxScores(DEFAULT_MAX_SCORES)` on others (the default).
+    #[default]
     Auto,
     /// All heads and rows at once, as separate matrix products and a softmax (fastest
     /// where it fits in memory, on backends without a fused kernel).
@@ -222,11 +223,6 @@ impl AttentionSlicing {
     }
 }
 
-impl Default for AttentionSlicing {
-    fn default() -> Self {
-        AttentionSlicing::Auto
-    }
-}
 
 /// Scaled dot-product attention `softmax(q k^T * scale) v` over `[batch * heads, rows, dim]`
 /// queries and `[batch * heads, keys, dim]` keys and values, fused or in slices bounded by
