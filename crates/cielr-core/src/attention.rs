@@ -37,6 +37,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::backend::CpuBackend;
+use crate::flex_view::View;
 
 /// Query rows per work item.
 pub const BLOCK_Q: usize = 128;
@@ -149,56 +150,6 @@ fn flex_attention(
         bp.map(|b| Tensor::from_primitive(TensorPrimitive::Float(b))),
         options,
     )
-}
-
-/// A read-only 4-D strided view of a flex tensor's storage (strides in elements, all ≥ 0;
-/// a broadcast dimension has stride 0).
-#[derive(Clone, Copy)]
-struct View<'a, T> {
-    data: &'a [T],
-    offset: usize,
-    strides: [usize; 4],
-}
-
-impl<'a, T> View<'a, T> {
-    /// Views `data` with `layout`, broadcast to `target`; `None` when a dimension is
-    /// neither the target size nor 1, a stride is negative or an element lies outside
-    /// `data`.
-    fn new(data: &'a [T], t: &FlexTensor, target: [usize; 4]) -> Option<Self> {
-        let layout = t.layout();
-        let shape = layout.shape();
-        if shape.num_dims() != 4 || layout.strides().len() != 4 {
-            return None;
-        }
-        let mut strides = [0usize; 4];
-        let mut last = layout.start_offset();
-        for i in 0..4 {
-            let stride = usize::try_from(layout.strides()[i]).ok()?;
-            if shape[i] == target[i] {
-                strides[i] = if shape[i] == 1 { 0 } else { stride };
-            } else if shape[i] == 1 {
-                strides[i] = 0;
-            } else {
-                return None;
-            }
-            last = last.checked_add(stride.checked_mul(shape[i].checked_sub(1)?)?)?;
-        }
-        (last < data.len()).then_some(Self {
-            data,
-            offset: layout.start_offset(),
-            strides,
-        })
-    }
-
-    /// Element offset of `[b, h, i, j]`.
-    #[inline]
-    fn at(&self, b: usize, h: usize, i: usize, j: usize) -> usize {
-        self.offset
-            + b * self.strides[0]
-            + h * self.strides[1]
-            + i * self.strides[2]
-            + j * self.strides[3]
-    }
 }
 
 /// Everything a work item needs, shared by all of them.

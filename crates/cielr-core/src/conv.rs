@@ -41,6 +41,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::backend::CpuBackend;
+use crate::flex_view::View;
 
 /// Target size, in floats, of one work item's scratch output block (`out channels ×
 /// pixels`): small enough to stay in a core's L2 cache across the kernel taps.
@@ -166,53 +167,9 @@ fn try_kernel<B: Backend>(
     }
 }
 
-/// A read-only 4-D strided view of an `f32` flex tensor (non-negative strides, checked to
-/// lie inside the storage).
-struct View4<'a> {
-    data: &'a [f32],
-    offset: usize,
-    shape: [usize; 4],
-    strides: [usize; 4],
-}
-
-impl<'a> View4<'a> {
-    /// `None` unless `t` is a 4-D `f32` tensor with non-negative strides inside its storage.
-    fn new(t: &'a FlexTensor) -> Option<Self> {
-        let layout = t.layout();
-        if t.dtype() != DType::F32 || layout.num_dims() != 4 || layout.strides().len() != 4 {
-            return None;
-        }
-        let data = t.storage::<f32>();
-        let mut shape = [0usize; 4];
-        let mut strides = [0usize; 4];
-        let mut last = layout.start_offset();
-        for i in 0..4 {
-            shape[i] = layout.shape()[i];
-            strides[i] = usize::try_from(layout.strides()[i]).ok()?;
-            last = last.checked_add(strides[i].checked_mul(shape[i].checked_sub(1)?)?)?;
-        }
-        (last < data.len()).then_some(Self {
-            data,
-            offset: layout.start_offset(),
-            shape,
-            strides,
-        })
-    }
-
-    /// Element offset of `[a, b, c, d]`.
-    #[inline]
-    fn at(&self, a: usize, b: usize, c: usize, d: usize) -> usize {
-        self.offset
-            + a * self.strides[0]
-            + b * self.strides[1]
-            + c * self.strides[2]
-            + d * self.strides[3]
-    }
-}
-
 /// The 1x1, unpadded convolution of `xv` (whose pixel `y·W + x` lies at stride
 /// `strides[3]`) with the `[co, ci, 1, 1]` weight `wv`, plus `bias`.
-fn pointwise(xv: &View4<'_>, wv: &View4<'_>, bias: Option<&[f32]>) -> FlexTensor {
+fn pointwise(xv: &View<'_, f32>, wv: &View<'_, f32>, bias: Option<&[f32]>) -> FlexTensor {
     let [batch, ci, h, wd] = xv.shape;
     let co = wv.shape[0];
     let hw = h * wd;
@@ -249,8 +206,8 @@ fn pointwise(xv: &View4<'_>, wv: &View4<'_>, bias: Option<&[f32]>) -> FlexTensor
         }
         // SAFETY: dst is `co` columns of `hw` floats (stride hw), exactly `dst`. lhs element
         // (p, c) is at xv.at(b, c, 0, 0) + p·strides[3] + c·strides[1] = xv.at(b, c, p / W,
-        // p % W) (strides[2] = W·strides[3]), inside the storage as checked by `View4::new`.
-        // rhs element (c, o) is wv.at(o, c, 0, 0), inside the storage (`View4::new`).
+        // p % W) (strides[2] = W·strides[3]), inside the storage as checked by `View::of_f32`.
+        // rhs element (c, o) is wv.at(o, c, 0, 0), inside the storage (`View::of_f32`).
         unsafe {
             gemm::gemm(
                 hw,
@@ -288,7 +245,7 @@ fn pointwise(xv: &View4<'_>, wv: &View4<'_>, bias: Option<&[f32]>) -> FlexTensor
 /// column `left`. `geom` = `[top, left, wp]`.
 fn fill_window(
     win: &mut [f32],
-    xv: &View4<'_>,
+    xv: &View<'_, f32>,
     b: usize,
     y0: usize,
     rows: usize,
@@ -360,8 +317,8 @@ fn run_kernel(
         w_owned = w.to_contiguous();
         &w_owned
     };
-    let xv = View4::new(x)?;
-    let wv = View4::new(w)?;
+    let xv = View::of_f32(x)?;
+    let wv = View::of_f32(w)?;
     let [batch, ci, h, wd] = xv.shape;
     let [co, wci, kh, kw] = wv.shape;
     if wci != ci || [batch, ci, h, wd, co, kh, kw].contains(&0) {

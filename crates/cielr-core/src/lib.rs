@@ -19,6 +19,7 @@ pub mod attention;
 pub mod backend;
 pub mod conv;
 pub mod error;
+mod flex_view;
 pub mod geometry;
 pub mod imageops;
 pub mod io;

@@ -12,21 +12,16 @@ use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use cielr_core::backend::CpuBackend as B;
 use cielr_core::conv::{conv2d, conv2d_module, cpu_kernel_calls, uses_cpu_kernel};
 
-/// SplitMix64: reproducible test data without a dependency.
-struct Rng(u64);
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
+/// Random tensors for the tests.
+trait RandomTensor {
+    fn tensor<const D: usize>(&mut self, shape: [usize; D]) -> Tensor<B, D>;
+}
+
+impl RandomTensor for Rng {
     fn tensor<const D: usize>(&mut self, shape: [usize; D]) -> Tensor<B, D> {
         let n = shape.iter().product();
         let data: Vec<f32> = (0..n).map(|_| self.unit()).collect();

@@ -223,7 +223,6 @@ impl AttentionSlicing {
     }
 }
 
-
 /// Scaled dot-product attention `softmax(q k^T * scale) v` over `[batch * heads, rows, dim]`
 /// queries and `[batch * heads, keys, dim]` keys and values, fused or in slices bounded by
 /// `slicing`.
