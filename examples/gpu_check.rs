@@ -642,6 +642,7 @@ fn run_llm<B: Backend>(case: &Case, device: &B::Device, repeats: usize) -> Res<V
 }
 
 fn main() {
+    cielr::keep_freed_memory();
     if let Err(e) = real_main() {
         eprintln!("gpu_check: error: {e}");
         std::process::exit(2);

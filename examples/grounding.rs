@@ -113,6 +113,7 @@ fn share(a: usize, b: usize) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    cielr::keep_freed_memory();
     let mut manifest = PathBuf::from("assets/grounding/manifest.json");
     let mut json_out: Option<PathBuf> = None;
     let mut reverse_order = false;

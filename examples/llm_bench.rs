@@ -46,6 +46,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    cielr::keep_freed_memory();
     let mut model_path: Option<PathBuf> = None;
     let mut split: Option<usize> = None;
     let mut quant = false;

@@ -46,3 +46,20 @@ pub use cielr_scene as scene;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// With the `mimalloc` feature (the `cielr` binary's allocator): tells mimalloc to keep memory
+/// it has freed for reuse instead of returning it to the operating system after 10 ms (its
+/// default). The models allocate and free tensors of hundreds of MB in a loop; returned pages
+/// come back zeroed through page faults, measured at ~10% of an SD UNet step on the CPU
+/// (docs/performance.md, "Allocator"). The process keeps its peak memory until it exits.
+/// Call it first thing in `main`. Without the feature it does nothing.
+pub fn keep_freed_memory() {
+    #[cfg(feature = "mimalloc")]
+    {
+        // `mi_option_purge_delay` in mimalloc's `mi_option_t` (the 16th option in both the
+        // v2 and v3 headers that libmimalloc-sys builds; the crate names no constant for it).
+        const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        // SAFETY: setting a mimalloc option is a plain store into its option table.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}

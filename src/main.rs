@@ -9,6 +9,7 @@ mod cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    cielr::keep_freed_memory();
     if let Err(e) = cli::run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
