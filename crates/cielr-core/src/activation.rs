@@ -27,7 +27,7 @@
 //! Special values: `gelu(+inf) = silu(+inf) = +inf`, `gelu(−inf) = silu(−inf) = −0` (Burn gives
 //! NaN there), NaN stays NaN.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::cell::Cell;
 
 use burn::tensor::backend::Backend;
@@ -54,7 +54,7 @@ pub fn cpu_kernel_calls() -> usize {
 /// Whether [`gelu`] and [`silu`] take the CPU kernel for backend `B` and tensor dtype
 /// `dtype`: `B` is [`CpuBackend`] and the dtype `f32`.
 pub fn uses_cpu_kernel<B: Backend>(dtype: DType) -> bool {
-    TypeId::of::<B>() == TypeId::of::<CpuBackend>() && dtype == DType::F32
+    crate::backend::is_cpu_backend::<B>() && dtype == DType::F32
 }
 
 /// The element-wise functions of this module.

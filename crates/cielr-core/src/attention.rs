@@ -27,7 +27,7 @@
 //! naive and its flash path (both checked in `tests/attention_kernel.rs`), and Burn's
 //! generic `attention_fallback` through its clamped ("NaN-safe") softmax.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::cell::Cell;
 
 use burn::tensor::backend::Backend;
@@ -69,9 +69,7 @@ pub fn split_k_calls() -> usize {
 /// `options` (it still falls back to Burn on layouts or shapes it does not handle):
 /// `B` is [`CpuBackend`], the dtype `f32` and `softcap` unset.
 pub fn uses_cpu_kernel<B: Backend>(dtype: DType, options: &AttentionModuleOptions) -> bool {
-    TypeId::of::<B>() == TypeId::of::<CpuBackend>()
-        && dtype == DType::F32
-        && options.softcap.is_none()
+    crate::backend::is_cpu_backend::<B>() && dtype == DType::F32 && options.softcap.is_none()
 }
 
 type FlexArgs = (

@@ -29,7 +29,7 @@
 //! Measured (`examples/conv_bench.rs`, 2 threads, shared 2-core AMD EPYC): 1.3–1.9x faster
 //! than Burn 0.21's flex conv2d on SD VAE / UNet 3x3 and LaMa 7x7 shapes, on par for 1x1.
 
-use std::any::{Any, TypeId};
+use std::any::Any;
 use std::cell::Cell;
 
 use burn::nn::conv::Conv2d;
@@ -71,7 +71,7 @@ pub fn uses_cpu_kernel<B: Backend>(
     dilation: [usize; 2],
     groups: usize,
 ) -> bool {
-    TypeId::of::<B>() == TypeId::of::<CpuBackend>()
+    crate::backend::is_cpu_backend::<B>()
         && dtype == DType::F32
         && stride == [1, 1]
         && dilation == [1, 1]
