@@ -27,7 +27,6 @@
 //! Special values: `gelu(+inf) = silu(+inf) = +inf`, `gelu(−inf) = silu(−inf) = −0` (Burn gives
 //! NaN there), NaN stays NaN.
 
-use std::any::Any;
 use std::cell::Cell;
 
 use burn::tensor::backend::Backend;
@@ -37,6 +36,7 @@ use rayon::prelude::*;
 
 use crate::attention::{exp_lane, multiversion, SimdLevel, LANES};
 use crate::backend::CpuBackend;
+use crate::flex_view::{same_type, same_type_back};
 
 /// Elements per parallel task.
 pub const CHUNK: usize = 32 * 1024;
@@ -93,24 +93,15 @@ fn apply<B: Backend, const D: usize>(
     if !uses_cpu_kernel::<B>(x.dtype()) {
         return fallback(x);
     }
-    // `B` is `CpuBackend` (same TypeId), so these downcasts succeed; they only re-type.
-    let mut input = Some(x);
-    let mut out: Option<Tensor<B, D>> = None;
-    if let (Some(flex_in), Some(flex_out)) = (
-        (&mut input as &mut dyn Any).downcast_mut::<Option<Tensor<CpuBackend, D>>>(),
-        (&mut out as &mut dyn Any).downcast_mut::<Option<Tensor<CpuBackend, D>>>(),
-    ) {
-        if let Some(t) = flex_in.take() {
+    match same_type::<_, Tensor<CpuBackend, D>>(x) {
+        Ok(t) => {
             let result = run(t.into_primitive().tensor(), act);
             KERNEL_CALLS.with(|c| c.set(c.get() + 1));
-            *flex_out = Some(Tensor::from_primitive(TensorPrimitive::Float(result)));
+            same_type_back(Tensor::<CpuBackend, D>::from_primitive(
+                TensorPrimitive::Float(result),
+            ))
         }
-    }
-    match (out, input) {
-        (Some(out), _) => out,
-        (None, Some(x)) => fallback(x),
-        // `input` is only taken when `out` is filled in the same step.
-        (None, None) => unreachable!("activation: input consumed without a result"),
+        Err(x) => fallback(x),
     }
 }
 

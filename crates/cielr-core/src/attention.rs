@@ -27,7 +27,6 @@
 //! naive and its flash path (both checked in `tests/attention_kernel.rs`), and Burn's
 //! generic `attention_fallback` through its clamped ("NaN-safe") softmax.
 
-use std::any::Any;
 use std::cell::Cell;
 
 use burn::tensor::backend::Backend;
@@ -37,7 +36,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::backend::CpuBackend;
-use crate::flex_view::View;
+use crate::flex_view::{same_type, same_type_back, View};
 
 /// Query rows per work item.
 pub const BLOCK_Q: usize = 128;
@@ -101,24 +100,9 @@ pub fn attention<B: Backend>(
     if !uses_cpu_kernel::<B>(q.dtype(), &options) {
         return burn::tensor::module::attention(q, k, v, mask, bias, options);
     }
-    // `B` is `CpuBackend` (same TypeId), so these downcasts succeed; they only re-type.
-    let mut args = Some((q, k, v, mask, bias));
-    let mut out: Option<Tensor<B, 4>> = None;
-    if let (Some(flex_args), Some(flex_out)) = (
-        (&mut args as &mut dyn Any).downcast_mut::<Option<FlexArgs>>(),
-        (&mut out as &mut dyn Any).downcast_mut::<Option<Tensor<CpuBackend, 4>>>(),
-    ) {
-        if let Some((q, k, v, mask, bias)) = flex_args.take() {
-            *flex_out = Some(flex_attention(q, k, v, mask, bias, options));
-        }
-    }
-    match (out, args) {
-        (Some(out), _) => out,
-        (None, Some((q, k, v, mask, bias))) => {
-            burn::tensor::module::attention(q, k, v, mask, bias, options)
-        }
-        // `args` is only taken when `out` is filled in the same step.
-        (None, None) => unreachable!("attention: arguments consumed without a result"),
+    match same_type::<_, FlexArgs>((q, k, v, mask, bias)) {
+        Ok((q, k, v, mask, bias)) => same_type_back(flex_attention(q, k, v, mask, bias, options)),
+        Err((q, k, v, mask, bias)) => burn::tensor::module::attention(q, k, v, mask, bias, options),
     }
 }
 

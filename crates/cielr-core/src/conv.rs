@@ -29,7 +29,6 @@
 //! Measured (`examples/conv_bench.rs`, 2 threads, shared 2-core AMD EPYC): 1.3–1.9x faster
 //! than Burn 0.21's flex conv2d on SD VAE / UNet 3x3 and LaMa 7x7 shapes, on par for 1x1.
 
-use std::any::Any;
 use std::cell::Cell;
 
 use burn::nn::conv::Conv2d;
@@ -41,7 +40,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::backend::CpuBackend;
-use crate::flex_view::View;
+use crate::flex_view::{same_type, same_type_back, View};
 
 /// Target size, in floats, of one work item's scratch output block (`out channels ×
 /// pixels`): small enough to stay in a core's L2 cache across the kernel taps.
@@ -143,28 +142,23 @@ fn try_kernel<B: Backend>(
     if !uses_cpu_kernel::<B>(args.0.dtype(), stride, dilation, groups) {
         return Err(args);
     }
-    // `B` is `CpuBackend` (same TypeId), so these downcasts succeed; they only re-type.
-    let Some((x, w, b)) = (&args as &dyn Any).downcast_ref::<Args<CpuBackend>>() else {
-        return Err(args);
-    };
-    let xp = x.clone().into_primitive().tensor();
-    let wp = w.clone().into_primitive().tensor();
-    let bp = b.clone().map(|b| b.into_primitive().tensor());
+    let (x, w, b) = same_type::<_, Args<CpuBackend>>(args)?;
+    let xp = x.into_primitive().tensor();
+    let wp = w.into_primitive().tensor();
+    let bp = b.map(|b| b.into_primitive().tensor());
     let Some(out) = run_kernel(&xp, &wp, bp.as_ref(), pads) else {
-        return Err(args);
+        // Handed back untouched.
+        let args: Args<CpuBackend> = (
+            Tensor::from_primitive(TensorPrimitive::Float(xp)),
+            Tensor::from_primitive(TensorPrimitive::Float(wp)),
+            bp.map(|b| Tensor::from_primitive(TensorPrimitive::Float(b))),
+        );
+        return Err(same_type_back(args));
     };
-    let mut slot: Option<Tensor<B, 4>> = None;
-    match (&mut slot as &mut dyn Any).downcast_mut::<Option<Tensor<CpuBackend, 4>>>() {
-        Some(s) => *s = Some(Tensor::from_primitive(TensorPrimitive::Float(out))),
-        None => return Err(args),
-    }
-    match slot {
-        Some(out) => {
-            KERNEL_CALLS.with(|c| c.set(c.get() + 1));
-            Ok(out)
-        }
-        None => Err(args),
-    }
+    KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+    Ok(same_type_back(Tensor::<CpuBackend, 4>::from_primitive(
+        TensorPrimitive::Float(out),
+    )))
 }
 
 /// The 1x1, unpadded convolution of `xv` (whose pixel `y·W + x` lies at stride

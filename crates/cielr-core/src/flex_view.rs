@@ -1,8 +1,34 @@
-//! A read-only 4-D strided view of a `flex` tensor's storage, shared by the CPU kernels
-//! ([`crate::attention`], [`crate::conv`]).
+//! What the CPU kernels ([`crate::attention`], [`crate::activation`], [`crate::conv`]) share:
+//! reaching the `flex` backend's tensors from code generic over a backend, and a read-only
+//! 4-D strided view of a `flex` tensor's storage.
+
+use std::any::{Any, TypeId};
 
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
+
+/// `value` as a `U` when `T` and `U` are the same type, `value` back otherwise. Code generic
+/// over a backend `B` reaches the CPU backend's tensors with it once it knows that `B` is
+/// `CpuBackend` (e.g. `Tensor<B, 4>` as `Tensor<CpuBackend, 4>`); it only re-types.
+pub(crate) fn same_type<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    if TypeId::of::<T>() != TypeId::of::<U>() {
+        return Err(value);
+    }
+    let boxed: Box<dyn Any> = Box::new(value);
+    match boxed.downcast::<U>() {
+        Ok(u) => Ok(*u),
+        Err(_) => unreachable!("a downcast between types with the same TypeId"),
+    }
+}
+
+/// The way back after [`same_type`] succeeded: a kernel's CPU-backend result as the caller's
+/// type, which is the same type.
+pub(crate) fn same_type_back<T: 'static, U: 'static>(value: T) -> U {
+    match same_type(value) {
+        Ok(u) => u,
+        Err(_) => unreachable!("same_type_back on types that same_type did not match"),
+    }
+}
 
 /// A read-only 4-D strided view of a flex tensor's storage (strides in elements, all ≥ 0;
 /// a broadcast dimension has stride 0).
