@@ -15,14 +15,23 @@ use burn::tensor::{Tensor, TensorData};
 use cielr_core::backend::CpuBackend as B;
 use cielr_core::conv::{conv2d, cpu_kernel_calls};
 
-/// `(name, [batch, ci, h, w], co, kernel, padding)`.
-const CASES: &[(&str, [usize; 4], usize, usize, usize)] = &[
-    ("vae_mid_512x64x64_3x3", [1, 512, 64, 64], 512, 3, 1),
-    ("vae_up_256x256x256_3x3", [1, 256, 256, 256], 256, 3, 1),
-    ("vae_up_128x512x512_3x3", [1, 128, 512, 512], 128, 3, 1),
-    ("unet_2x320x64x64_3x3", [2, 320, 64, 64], 320, 3, 1),
-    ("lama_64x512x512_7x7", [1, 64, 512, 512], 64, 7, 3),
-    ("pointwise_512x64x64_1x1", [1, 512, 64, 64], 512, 1, 0),
+/// `(name, [batch, ci, h, w], co, kernel, padding, stride)`.
+type Case = (&'static str, [usize; 4], usize, usize, usize, usize);
+
+const CASES: &[Case] = &[
+    ("vae_mid_512x64x64_3x3", [1, 512, 64, 64], 512, 3, 1, 1),
+    ("vae_up_256x256x256_3x3", [1, 256, 256, 256], 256, 3, 1, 1),
+    ("vae_up_128x512x512_3x3", [1, 128, 512, 512], 128, 3, 1, 1),
+    ("unet_2x320x64x64_3x3", [2, 320, 64, 64], 320, 3, 1, 1),
+    ("lama_64x512x512_7x7", [1, 64, 512, 512], 64, 7, 3, 1),
+    ("lama_block_128x64x64_to384", [1, 128, 64, 64], 384, 3, 1, 1),
+    ("lama_block_384x64x64_to128", [1, 384, 64, 64], 128, 3, 1, 1),
+    ("lama_block_128x64x64_to128", [1, 128, 64, 64], 128, 3, 1, 1),
+    ("lama_out_64x512x512_to3_7x7", [1, 64, 512, 512], 3, 7, 3, 1),
+    ("pointwise_512x64x64_1x1", [1, 512, 64, 64], 512, 1, 0, 1),
+    ("lama_down_64x512x512_s2", [1, 64, 512, 512], 128, 3, 1, 2),
+    ("lama_down_256x128x128_s2", [1, 256, 128, 128], 384, 3, 1, 2),
+    ("unet_down_2x320x64x64_s2", [2, 320, 64, 64], 320, 3, 1, 2),
 ];
 
 fn random(shape: &[usize], seed: u64) -> Vec<f32> {
@@ -71,7 +80,7 @@ fn main() {
         "{:<26} {:>10} {:>10} {:>7} {:>10} {:>9}",
         "case", "ours ms", "burn ms", "ratio", "max|diff|", "max|ref|"
     );
-    for &(name, [b, ci, h, w], co, k, pad) in CASES {
+    for &(name, [b, ci, h, w], co, k, pad, stride) in CASES {
         if !name.contains(&filter) {
             continue;
         }
@@ -84,7 +93,7 @@ fn main() {
             &device,
         );
         let bias = Tensor::<B, 1>::from_data(TensorData::new(random(&[co], 3), [co]), &device);
-        let options = ConvOptions::new([1, 1], [pad, pad], [1, 1], 1);
+        let options = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
         let run = |ours: bool| {
             let out = if ours {
                 conv2d(x.clone(), wt.clone(), Some(bias.clone()), options.clone())

@@ -1,16 +1,19 @@
-//! The direct stride-1 conv2d kernel (`cielr_core::conv`) against Burn's flex conv2d: 1x1,
-//! 3x3 and 7x7 kernels, non-square kernels, padding 0 / 1 / 3, odd and non-square images,
-//! batch 1 and 2, with and without bias, channel counts that are not multiples of 16,
-//! permuted and flipped (non-contiguous) inputs, the `Conv2d` module path with `Explicit`
-//! (symmetric and asymmetric), `Valid` and `Same` padding; plus the dispatch to Burn for
-//! stride 2, dilation 2, groups 2, f64 and inconsistent shapes.
+//! The direct conv2d kernel (`cielr_core::conv`) against an f64 convolution and Burn's flex
+//! conv2d: 1x1, 3x3 and 7x7 kernels, non-square kernels, padding 0 / 1 / 3, odd and
+//! non-square images, batch 1 and 2, with and without bias, channel counts that are not
+//! multiples of 16, strides 2, [1, 2] and [3, 2], reflection padding (symmetric, asymmetric,
+//! strided), permuted and flipped (non-contiguous) inputs, the `Conv2d` module path with
+//! `Explicit` (symmetric and asymmetric), `Valid` and `Same` padding; plus the dispatch to
+//! Burn for dilation 2, groups 2, f64 and inconsistent shapes.
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use cielr_core::backend::CpuBackend as B;
-use cielr_core::conv::{conv2d, conv2d_module, cpu_kernel_calls, uses_cpu_kernel};
+use cielr_core::conv::{
+    conv2d, conv2d_module, conv2d_module_reflect, cpu_kernel_calls, uses_cpu_kernel, Border,
+};
 
 #[path = "support/rng.rs"]
 mod rng;
@@ -54,13 +57,28 @@ fn assert_close(name: &str, ours: Tensor<B, 4>, reference: Tensor<B, 4>) {
     assert!(rel <= 1e-5, "{name}: relative error {rel:.3e} > 1e-5");
 }
 
-/// Direct f64 convolution (stride 1, dilation 1, one group) of host tensors; `pads` =
-/// `[top, left, bottom, right]`.
+/// Where padded index `i` of an axis with `pad` added before `n` pixels reads, if anywhere.
+fn padded_source(i: usize, pad: usize, n: usize, border: Border) -> Option<usize> {
+    let i = i as i64 - pad as i64;
+    let n = n as i64;
+    let j = match border {
+        Border::Zeros => i,
+        Border::Reflect if i < 0 => -i,
+        Border::Reflect if i >= n => 2 * (n - 1) - i,
+        Border::Reflect => i,
+    };
+    (0..n).contains(&j).then_some(j as usize)
+}
+
+/// Direct f64 convolution (dilation 1, one group) of host tensors; `pads` = `[top, left,
+/// bottom, right]` filled as `border` says.
 fn conv_f64(
     x: &Tensor<B, 4>,
     w: &Tensor<B, 4>,
     b: Option<&Tensor<B, 1>>,
+    stride: [usize; 2],
     pads: [usize; 4],
+    border: Border,
 ) -> Vec<f64> {
     let [n, ci, h, wd] = x.dims();
     let [co, _, kh, kw] = w.dims();
@@ -68,7 +86,9 @@ fn conv_f64(
     let ws = w.to_data().to_vec::<f32>().expect("f32 weight");
     let bs = b.map(|b| b.to_data().to_vec::<f32>().expect("f32 bias"));
     let [top, left, bottom, right] = pads;
-    let (ho, wo) = (h + top + bottom + 1 - kh, wd + left + right + 1 - kw);
+    let [sh, sw] = stride;
+    let ho = (h + top + bottom - kh) / sh + 1;
+    let wo = (wd + left + right - kw) / sw + 1;
     let mut out = vec![0.0f64; n * co * ho * wo];
     for bi in 0..n {
         for o in 0..co {
@@ -77,12 +97,11 @@ fn conv_f64(
                     let mut acc = bs.as_ref().map_or(0.0, |bs| bs[o] as f64);
                     for c in 0..ci {
                         for ky in 0..kh {
-                            let Some(iy) = (y + ky).checked_sub(top).filter(|&v| v < h) else {
+                            let Some(iy) = padded_source(y * sh + ky, top, h, border) else {
                                 continue;
                             };
                             for kx in 0..kw {
-                                let Some(ix) = (xo + kx).checked_sub(left).filter(|&v| v < wd)
-                                else {
+                                let Some(ix) = padded_source(xo * sw + kx, left, wd, border) else {
                                     continue;
                                 };
                                 acc += xs[((bi * ci + c) * h + iy) * wd + ix] as f64
@@ -142,7 +161,7 @@ fn matches_burn_on_stride_one_shapes() {
         let before = cpu_kernel_calls();
         let ours = conv2d(x.clone(), w.clone(), b.clone(), options.clone());
         assert_eq!(cpu_kernel_calls(), before + 1, "{name}: kernel not taken");
-        let exact = conv_f64(&x, &w, b.as_ref(), [ph, pw, ph, pw]);
+        let exact = conv_f64(&x, &w, b.as_ref(), [1, 1], [ph, pw, ph, pw], Border::Zeros);
         let reference = burn::tensor::module::conv2d(x, w, b, options);
         let (ours_f64, burn_f64) = (
             rel_err_f64(ours.clone(), &exact),
@@ -152,6 +171,101 @@ fn matches_burn_on_stride_one_shapes() {
         assert!(ours_f64 <= 1e-5, "{name}: error vs f64 {ours_f64:.3e}");
         assert_close(&name, ours, reference);
     }
+}
+
+#[test]
+fn strided_convolutions_match_f64_and_burn() {
+    let cases = [
+        // (batch, ci, co, [h, w], [kh, kw], [ph, pw], stride, bias)
+        (1, 5, 7, [9, 11], [3, 3], [1, 1], [2, 2], true),
+        (2, 6, 9, [10, 8], [3, 3], [1, 1], [2, 2], false),
+        (1, 17, 6, [13, 12], [3, 3], [0, 0], [2, 2], true),
+        (1, 4, 5, [15, 14], [7, 7], [3, 3], [2, 2], true),
+        (1, 8, 3, [9, 10], [1, 1], [0, 0], [2, 2], true),
+        (1, 3, 4, [8, 12], [3, 3], [1, 1], [1, 2], false),
+        (2, 5, 6, [11, 9], [4, 3], [2, 1], [3, 2], true),
+        // Several row blocks per image.
+        (2, 20, 33, [40, 29], [3, 3], [1, 1], [2, 2], true),
+    ];
+    let mut rng = Rng(17);
+    for (batch, ci, co, [h, wd], [kh, kw], [ph, pw], stride, bias) in cases {
+        let name =
+            format!("b{batch} ci{ci} co{co} {h}x{wd} k{kh}x{kw} pad[{ph},{pw}] stride{stride:?}");
+        let x = rng.tensor([batch, ci, h, wd]);
+        let w = rng.tensor([co, ci, kh, kw]);
+        let b = bias.then(|| rng.tensor([co]));
+        let options = ConvOptions::new(stride, [ph, pw], [1, 1], 1);
+        let before = cpu_kernel_calls();
+        let ours = conv2d(x.clone(), w.clone(), b.clone(), options.clone());
+        assert_eq!(cpu_kernel_calls(), before + 1, "{name}: kernel not taken");
+        let exact = conv_f64(&x, &w, b.as_ref(), stride, [ph, pw, ph, pw], Border::Zeros);
+        let err = rel_err_f64(ours.clone(), &exact);
+        println!("{name}: vs f64 {err:.3e}");
+        assert!(err <= 1e-5, "{name}: error vs f64 {err:.3e}");
+        assert_close(&name, ours, burn::tensor::module::conv2d(x, w, b, options));
+    }
+}
+
+#[test]
+fn reflection_padding_matches_f64_and_burns_pad() {
+    let device = Default::default();
+    let mut rng = Rng(29);
+    // (ci, co, [h, w], [kh, kw], padding [top, left, bottom, right], stride)
+    let cases = [
+        (6, 5, [9, 11], [3, 3], [1, 1, 1, 1], [1, 1]),
+        (4, 7, [12, 10], [7, 7], [3, 3, 3, 3], [1, 1]),
+        (5, 6, [8, 9], [3, 3], [2, 0, 1, 3], [1, 1]),
+        (7, 4, [13, 12], [3, 3], [1, 1, 1, 1], [2, 2]),
+        (3, 8, [10, 14], [7, 7], [3, 3, 3, 3], [2, 2]),
+        // Padding one less than the side: reflection reaches the far edge.
+        (3, 4, [4, 5], [3, 3], [3, 4, 3, 4], [1, 1]),
+    ];
+    for (ci, co, [h, wd], [kh, kw], pads, stride) in cases {
+        let name = format!("ci{ci} co{co} {h}x{wd} k{kh}x{kw} reflect{pads:?} stride{stride:?}");
+        let [top, left, bottom, right] = pads;
+        let conv: Conv2d<B> = Conv2dConfig::new([ci, co], [kh, kw])
+            .with_stride(stride)
+            .with_padding(PaddingConfig2d::Explicit(top, left, bottom, right))
+            .init(&device);
+        let x = rng.tensor([2, ci, h, wd]);
+        let before = cpu_kernel_calls();
+        let ours = conv2d_module_reflect(&conv, x.clone());
+        assert_eq!(cpu_kernel_calls(), before + 1, "{name}: kernel not taken");
+        let bias = conv.bias.as_ref().map(|b| b.val());
+        let exact = conv_f64(
+            &x,
+            &conv.weight.val(),
+            bias.as_ref(),
+            stride,
+            pads,
+            Border::Reflect,
+        );
+        let err = rel_err_f64(ours.clone(), &exact);
+        println!("{name}: vs f64 {err:.3e}");
+        assert!(err <= 1e-5, "{name}: error vs f64 {err:.3e}");
+        let padded = x.pad(
+            (left, right, top, bottom),
+            burn::tensor::ops::PadMode::Reflect,
+        );
+        let options = ConvOptions::new(stride, [0, 0], [1, 1], 1);
+        let reference = burn::tensor::module::conv2d(padded, conv.weight.val(), bias, options);
+        assert_close(&name, ours, reference);
+    }
+    // What the kernel does not take (dilation 2) is padded by Burn and convolved by Burn.
+    let conv: Conv2d<B> = Conv2dConfig::new([3, 4], [3, 3])
+        .with_dilation([2, 2])
+        .with_padding(PaddingConfig2d::Explicit(2, 2, 2, 2))
+        .init(&device);
+    let x = rng.tensor([1, 3, 9, 8]);
+    let before = cpu_kernel_calls();
+    let ours = conv2d_module_reflect(&conv, x.clone());
+    assert_eq!(cpu_kernel_calls(), before, "dilated: kernel taken");
+    let padded = x.pad((2, 2, 2, 2), burn::tensor::ops::PadMode::Reflect);
+    let options = ConvOptions::new([1, 1], [0, 0], [2, 2], 1);
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    let reference = burn::tensor::module::conv2d(padded, conv.weight.val(), bias, options);
+    let (max_abs, _) = compare(ours, reference);
+    assert_eq!(max_abs, 0.0, "dilated reflect: not Burn's result");
 }
 
 #[test]
@@ -267,16 +381,6 @@ fn dispatch_sends_other_convolutions_to_burn() {
     let b = Some(rng.tensor([6]));
     let others = [
         (
-            "stride 2",
-            w.clone(),
-            ConvOptions::new([2, 2], [1, 1], [1, 1], 1),
-        ),
-        (
-            "stride [1, 2]",
-            w.clone(),
-            ConvOptions::new([1, 2], [1, 1], [1, 1], 1),
-        ),
-        (
             "dilation 2",
             w.clone(),
             ConvOptions::new([1, 1], [2, 2], [2, 2], 1),
@@ -297,7 +401,9 @@ fn dispatch_sends_other_convolutions_to_burn() {
         );
         assert_eq!(max_abs, 0.0, "{name}: not Burn's result");
     }
-    assert!(!uses_cpu_kernel::<B>(DType::F32, [2, 2], [1, 1], 1));
+    assert!(uses_cpu_kernel::<B>(DType::F32, [2, 2], [1, 1], 1));
+    assert!(!uses_cpu_kernel::<B>(DType::F32, [1, 1], [2, 2], 1));
+    assert!(!uses_cpu_kernel::<B>(DType::F32, [1, 1], [1, 1], 2));
     assert!(!uses_cpu_kernel::<B>(DType::F64, [1, 1], [1, 1], 1));
     assert!(uses_cpu_kernel::<B>(DType::F32, [1, 1], [1, 1], 1));
 

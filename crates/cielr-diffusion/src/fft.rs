@@ -10,9 +10,15 @@
 //! (and of the Nyquist frequency when `w` is even) are ignored, exactly as pocketFFT does for
 //! spectra that are not Hermitian (LaMa's spectra, after a convolution, are not).
 //!
-//! The cos/sin matrices depend only on the sizes; they are computed in f64 once per size and
-//! cached (the last few lengths used). At LaMa's sizes (the bottleneck of a 512x512 input is
-//! 64x64) the products cost a small fraction of the convolutions around them.
+//! Each transform is two batched matrix products and nothing else (no transposes, stacks or
+//! slices): the last axis is transformed by a product on the right, giving each row's real and
+//! imaginary parts side by side (`[h, 2 * half]`, which is `[2h, half]` with rows ordered
+//! (row, part)); the rows by a `[2h, 2h]` real matrix on the left whose columns follow that
+//! order and whose output rows are ordered (part, row): exactly the layout of
+//! [`rfft2_interleaved`], which LaMa's Fourier unit convolves. The inverse runs the same steps
+//! backwards. The matrices depend only on the sizes; they are computed in f64 once per length
+//! and cached (the last few lengths used). At LaMa's sizes (the bottleneck of a 512x512 input
+//! is 64x64) the products cost a small fraction of the convolutions around them.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -31,70 +37,80 @@ pub struct Spectrum<B: Backend> {
     pub im: Tensor<B, 4>,
 }
 
-/// The DFT matrices of one length `n`, row-major f32.
+/// The DFT matrices of one length `n` (with `half = n / 2 + 1`), row-major f32, each carrying
+/// its `1 / sqrt(n)` share of the ortho normalisation.
 #[derive(Debug)]
 struct Mats {
-    /// `cos(2 pi k j / n)`, `[n, n]` (symmetric).
-    cos: Vec<f32>,
-    /// `sin(2 pi k j / n)`, `[n, n]` (symmetric).
-    sin: Vec<f32>,
-    /// Forward real-to-half-complex along a length `n` axis: `x [.., n] @ r_cos [n, n/2+1]` is
-    /// the real part, `x @ r_nsin` (`-sin`) the imaginary part.
-    r_cos: Vec<f32>,
-    r_nsin: Vec<f32>,
-    /// Inverse half-complex-to-real: `re [.., n/2+1] @ c_cos [n/2+1, n] + im @ c_nsin` where the
-    /// rows are weighted by how many times each frequency occurs in the full spectrum (1 for
-    /// the zero and Nyquist frequencies, 2 for the others).
-    c_cos: Vec<f32>,
-    c_nsin: Vec<f32>,
+    /// Forward real-to-half-complex along a last axis of length `n`: `[n, 2 half]`, `cos`
+    /// then `-sin` columns, so `x [.., n] @ last` is a row's real then imaginary parts.
+    last: Vec<f32>,
+    /// Forward complex DFT along rows (length `n`): `[2n, 2n]`, input rows ordered (row `j`,
+    /// part `q`), output rows ordered (part `r`, frequency `k`).
+    rows: Vec<f32>,
+    /// Inverse complex DFT along rows: `[2n, 2n]`, input rows ordered (part, frequency),
+    /// output rows ordered (row, part).
+    rows_inv: Vec<f32>,
+    /// Inverse half-complex-to-real along the last axis: `[2 half, n]`, the real parts' rows
+    /// then the imaginary parts', weighted by how many times each frequency occurs in the full
+    /// spectrum (1 for the zero and Nyquist frequencies, 2 for the others).
+    last_inv: Vec<f32>,
 }
 
 impl Mats {
     fn new(n: usize) -> Mats {
         let half = n / 2 + 1;
+        let norm = 1.0 / (n as f64).sqrt();
         // The angle of k * j, reduced modulo n in integers so that large products lose nothing.
         let angle =
             |k: usize, j: usize| 2.0 * std::f64::consts::PI * ((k * j) % n) as f64 / n as f64;
-        let mut cos = vec![0f32; n * n];
-        let mut sin = vec![0f32; n * n];
-        for k in 0..n {
-            for j in 0..n {
-                let a = angle(k, j);
-                cos[k * n + j] = a.cos() as f32;
-                sin[k * n + j] = a.sin() as f32;
-            }
-        }
-        let mut r_cos = vec![0f32; n * half];
-        let mut r_nsin = vec![0f32; n * half];
-        let mut c_cos = vec![0f32; half * n];
-        let mut c_nsin = vec![0f32; half * n];
+        let mut last = vec![0f32; n * 2 * half];
+        let mut last_inv = vec![0f32; 2 * half * n];
         for j in 0..n {
             for k in 0..half {
-                let a = angle(k, j);
-                r_cos[j * half + k] = a.cos() as f32;
-                r_nsin[j * half + k] = -a.sin() as f32;
+                let (sin, cos) = angle(k, j).sin_cos();
+                last[j * 2 * half + k] = (cos * norm) as f32;
+                last[j * 2 * half + half + k] = (-sin * norm) as f32;
                 let weight = if k == 0 || (n.is_multiple_of(2) && k == n / 2) {
                     1.0
                 } else {
                     2.0
                 };
-                c_cos[k * n + j] = (weight * a.cos()) as f32;
-                c_nsin[k * n + j] = (-weight * a.sin()) as f32;
+                last_inv[k * n + j] = (weight * cos * norm) as f32;
+                last_inv[(half + k) * n + j] = (-weight * sin * norm) as f32;
+            }
+        }
+        // Forward: re[k] = sum_j cos re[j] + sin im[j]; im[k] = sum_j cos im[j] - sin re[j].
+        // Inverse: re[j] = sum_k cos re[k] - sin im[k]; im[j] = sum_k sin re[k] + cos im[k].
+        let mut rows = vec![0f32; 4 * n * n];
+        let mut rows_inv = vec![0f32; 4 * n * n];
+        let at = |out_row: usize, in_row: usize| out_row * 2 * n + in_row;
+        for k in 0..n {
+            for j in 0..n {
+                let (sin, cos) = angle(k, j).sin_cos();
+                let (c, s) = ((cos * norm) as f32, (sin * norm) as f32);
+                // Forward: output (part, k), input (j, part).
+                rows[at(k, 2 * j)] = c;
+                rows[at(k, 2 * j + 1)] = s;
+                rows[at(n + k, 2 * j)] = -s;
+                rows[at(n + k, 2 * j + 1)] = c;
+                // Inverse: output (j, part), input (part, k).
+                rows_inv[at(2 * j, k)] = c;
+                rows_inv[at(2 * j, n + k)] = -s;
+                rows_inv[at(2 * j + 1, k)] = s;
+                rows_inv[at(2 * j + 1, n + k)] = c;
             }
         }
         Mats {
-            cos,
-            sin,
-            r_cos,
-            r_nsin,
-            c_cos,
-            c_nsin,
+            last,
+            rows,
+            rows_inv,
+            last_inv,
         }
     }
 }
 
 /// How many lengths the DFT matrix cache keeps (LaMa needs one or two per input size; each
-/// entry holds about `4 n^2` floats, so an unbounded cache would grow with every new size).
+/// entry holds about `10 n^2` floats, so an unbounded cache would grow with every new size).
 const CACHED_LENGTHS: usize = 8;
 
 /// Cached DFT matrices by length, most recently used last.
@@ -123,41 +139,73 @@ fn mats(n: usize) -> Arc<Mats> {
     result
 }
 
-fn matrix<B: Backend>(data: &[f32], rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(data.to_vec(), [rows, cols]), device)
+/// A row-major matrix as a `[1, rows, cols]` tensor (broadcast over a batched product).
+fn matrix<B: Backend>(data: &[f32], rows: usize, cols: usize, device: &B::Device) -> Tensor<B, 3> {
+    Tensor::from_data(TensorData::new(data.to_vec(), [1, rows, cols]), device)
 }
 
-/// `x [.., n]` times `m [n, k]` over the last axis of a 4-d tensor.
-fn last_axis<B: Backend>(x: Tensor<B, 4>, m: Tensor<B, 2>) -> Tensor<B, 4> {
+/// `torch.fft.rfftn(x, dim=(-2, -1), norm="ortho")` of a real `[batch, channels, h, w]`
+/// tensor with the real and imaginary parts interleaved per channel: `[batch, 2 channels, h,
+/// w / 2 + 1]`, channel `2c` the real and `2c + 1` the imaginary part of channel `c` (torch's
+/// `stack((re, im), dim=2).view(batch, -1, h, w / 2 + 1)`, LaMa's Fourier unit layout).
+pub fn rfft2_interleaved<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
-    let k = m.dims()[1];
-    x.reshape([b * c * h, w]).matmul(m).reshape([b, c, h, k])
+    let device = x.device();
+    let (mh, mw) = (mats(h), mats(w));
+    let half = w / 2 + 1;
+    // Each row's real and imaginary parts side by side: [b c, h, 2 half] = [b c, 2h, half].
+    let by_row = x
+        .reshape([b * c, h, w])
+        .matmul(matrix::<B>(&mw.last, w, 2 * half, &device))
+        .reshape([b * c, 2 * h, half]);
+    matrix::<B>(&mh.rows, 2 * h, 2 * h, &device)
+        .matmul(by_row)
+        .reshape([b, 2 * c, h, half])
 }
 
-/// `m [n, n]` (symmetric) applied along the second-to-last axis of a 4-d tensor.
-fn row_axis<B: Backend>(x: Tensor<B, 4>, m: Tensor<B, 2>) -> Tensor<B, 4> {
-    last_axis(x.swap_dims(2, 3), m).swap_dims(2, 3)
+/// The inverse of [`rfft2_interleaved`]: `torch.fft.irfftn(X, s=(h, w), dim=(-2, -1),
+/// norm="ortho")` of a spectrum `[batch, 2 channels, h, w / 2 + 1]` with real and imaginary
+/// parts interleaved per channel, as a real `[batch, channels, h, w]` tensor. The spectrum
+/// need not be Hermitian (see the module documentation). Any other shape is an error.
+pub fn irfft2_interleaved<B: Backend>(
+    spectrum: Tensor<B, 4>,
+    h: usize,
+    w: usize,
+) -> Result<Tensor<B, 4>> {
+    let [b, c2, sh, sw] = spectrum.dims();
+    let half = w / 2 + 1;
+    if sh != h || sw != half || !c2.is_multiple_of(2) || h == 0 || w == 0 {
+        return Err(DiffusionError::input_shape(
+            "irfft2",
+            format!(
+                "spectrum {:?} does not match s = ({h}, {w}): expected [.., 2 * channels, {h}, \
+                 {half}]",
+                spectrum.dims()
+            ),
+        ));
+    }
+    let c = c2 / 2;
+    let device = spectrum.device();
+    let (mh, mw) = (mats(h), mats(w));
+    // Rows first, giving each row's real and imaginary parts side by side: [b c, h, 2 half].
+    let by_row = matrix::<B>(&mh.rows_inv, 2 * h, 2 * h, &device)
+        .matmul(spectrum.reshape([b * c, 2 * h, half]))
+        .reshape([b * c, h, 2 * half]);
+    Ok(by_row
+        .matmul(matrix::<B>(&mw.last_inv, 2 * half, w, &device))
+        .reshape([b, c, h, w]))
 }
 
 /// `torch.fft.rfftn(x, dim=(-2, -1), norm="ortho")` of a real `[batch, channels, h, w]`
 /// tensor: a [`Spectrum`] of `[batch, channels, h, w / 2 + 1]`.
 pub fn rfft2<B: Backend>(x: Tensor<B, 4>) -> Spectrum<B> {
-    let [_, _, h, w] = x.dims();
-    let device = x.device();
-    let (mh, mw) = (mats(h), mats(w));
+    let [b, c, h, w] = x.dims();
     let half = w / 2 + 1;
-    // Along the last axis: real to half-complex.
-    let re1 = last_axis(x.clone(), matrix::<B>(&mw.r_cos, w, half, &device));
-    let im1 = last_axis(x, matrix::<B>(&mw.r_nsin, w, half, &device));
-    // Along the rows: a full complex DFT, (C - iS)(re1 + i im1).
-    let c = matrix::<B>(&mh.cos, h, h, &device);
-    let s = matrix::<B>(&mh.sin, h, h, &device);
-    let scale = 1.0 / ((h * w) as f64).sqrt();
-    let re = row_axis(re1.clone(), c.clone()) + row_axis(im1.clone(), s.clone());
-    let im = row_axis(im1, c) - row_axis(re1, s);
+    let parts = rfft2_interleaved(x).reshape([b, c, 2, h, half]);
+    let part = |i: usize| parts.clone().narrow(2, i, 1).reshape([b, c, h, half]);
     Spectrum {
-        re: re * scale,
-        im: im * scale,
+        re: part(0),
+        im: part(1),
     }
 }
 
@@ -179,17 +227,9 @@ pub fn irfft2<B: Backend>(spectrum: Spectrum<B>, h: usize, w: usize) -> Result<T
             ),
         ));
     }
-    let device = re.device();
-    let (mh, mw) = (mats(h), mats(w));
-    // Along the rows: a full complex inverse DFT, (C + iS)(re + i im).
-    let c = matrix::<B>(&mh.cos, h, h, &device);
-    let s = matrix::<B>(&mh.sin, h, h, &device);
-    let re1 = row_axis(re.clone(), c.clone()) - row_axis(im.clone(), s.clone());
-    let im1 = row_axis(im, c) + row_axis(re, s);
-    // Along the last axis: half-complex to real.
-    let out = last_axis(re1, matrix::<B>(&mw.c_cos, half, w, &device))
-        + last_axis(im1, matrix::<B>(&mw.c_nsin, half, w, &device));
-    Ok(out * (1.0 / ((h * w) as f64).sqrt()))
+    let [b, c, _, _] = dims;
+    let interleaved: Tensor<B, 5> = Tensor::stack(vec![re, im], 2);
+    irfft2_interleaved(interleaved.reshape([b, 2 * c, h, half]), h, w)
 }
 
 #[cfg(test)]
@@ -209,8 +249,8 @@ mod tests {
             !Arc::ptr_eq(&first, &again),
             "length 5 should have been evicted"
         );
-        assert_eq!(first.cos, again.cos);
-        assert_eq!(first.c_nsin, again.c_nsin);
+        assert_eq!(first.rows, again.rows);
+        assert_eq!(first.last_inv, again.last_inv);
         assert!(Arc::ptr_eq(&again, &mats(5)), "a cached length is reused");
     }
 }

@@ -37,7 +37,6 @@ use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfi
 use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::PadMode;
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::imageops::{crop, crop_mask, paste_window_inside, window_around};
 use cielr_core::weights::TensorStore;
@@ -47,10 +46,10 @@ use image::{Rgb, RgbImage};
 use serde::Deserialize;
 
 use crate::error::{DiffusionError, Result};
-use crate::fft::{irfft2, rfft2, Spectrum};
+use crate::fft::{irfft2_interleaved, rfft2_interleaved};
 use crate::inpaint::check_mask;
 use crate::weights::{read_json, Weights};
-use cielr_core::conv::conv2d_module;
+use cielr_core::conv::{conv2d_module, conv2d_module_reflect};
 
 /// The keyword arguments of one kind of FFC block (`init_conv_kwargs`,
 /// `downsample_conv_kwargs`, `resnet_conv_kwargs` in LaMa's configs).
@@ -361,11 +360,12 @@ impl<B: Backend> BatchNorm<B> {
     }
 }
 
-/// A bias-free convolution with reflection or zero padding.
+/// A convolution with reflection or zero padding.
 #[derive(Module, Debug)]
 struct PadConv<B: Backend> {
+    /// The convolution, with its padding amounts (filled by reflection when `reflect`).
     conv: Conv2d<B>,
-    reflect: usize,
+    reflect: bool,
 }
 
 /// How a convolution's padding is done.
@@ -386,13 +386,10 @@ impl<B: Backend> PadConv<B> {
         spec: ConvSpec,
         device: &B::Device,
     ) -> Result<Self> {
-        let k = spec.kernel;
-        let zero_pad = if spec.reflect { 0 } else { spec.padding };
+        let (k, p) = (spec.kernel, spec.padding);
         let mut conv = Conv2dConfig::new([c_in, c_out], [k, k])
             .with_stride([spec.stride, spec.stride])
-            .with_padding(PaddingConfig2d::Explicit(
-                zero_pad, zero_pad, zero_pad, zero_pad,
-            ))
+            .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
             .with_bias(false)
             .init(device);
         conv.weight = Param::from_tensor(w.tensor("weight", [c_out, c_in, k, k], device)?);
@@ -401,18 +398,16 @@ impl<B: Backend> PadConv<B> {
         }
         Ok(PadConv {
             conv,
-            reflect: if spec.reflect { spec.padding } else { 0 },
+            reflect: spec.reflect && p > 0,
         })
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let p = self.reflect;
-        let x = if p > 0 {
-            x.pad((p, p, p, p), PadMode::Reflect)
+        if self.reflect {
+            conv2d_module_reflect(&self.conv, x)
         } else {
-            x
-        };
-        conv2d_module(&self.conv, x)
+            conv2d_module(&self.conv, x)
+        }
     }
 }
 
@@ -461,17 +456,11 @@ impl<B: Backend> SpectralTransform<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
         let x = relu(self.bn1.forward(self.conv1.forward(x)));
-        let [b, c, h, w] = x.dims();
+        let [_, _, h, w] = x.dims();
         // Fourier unit: real and imaginary parts interleaved per channel (c0 re, c0 im, ...).
-        let spec = rfft2(x.clone());
-        let wf = spec.re.dims()[3];
-        let stacked: Tensor<B, 5> = Tensor::stack(vec![spec.re, spec.im], 2);
-        let f = stacked.reshape([b, 2 * c, h, wf]);
+        let f = rfft2_interleaved(x.clone());
         let f = relu(self.fu_bn.forward(self.fu_conv.forward(f)));
-        let f = f.reshape([b, c, 2, h, wf]);
-        let re = f.clone().narrow(2, 0, 1).reshape([b, c, h, wf]);
-        let im = f.narrow(2, 1, 1).reshape([b, c, h, wf]);
-        let fu = irfft2(Spectrum { re, im }, h, w)?;
+        let fu = irfft2_interleaved(f, h, w)?;
         Ok(self.conv2.forward(x + fu))
     }
 }

@@ -10,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use cielr_core::backend::CpuBackend;
 use cielr_core::weights::TensorStore;
 use cielr_core::Mask;
-use cielr_diffusion::fft::{irfft2, rfft2, Spectrum};
+use cielr_diffusion::fft::{irfft2, irfft2_interleaved, rfft2, Spectrum};
 use cielr_diffusion::lama::{LamaConfig, LamaInpainter};
 use cielr_diffusion::DiffusionError;
 use image::{Rgb, RgbImage};
@@ -86,6 +86,12 @@ fn dft_matches_torch_fft_for_even_and_odd_sizes() {
     };
     assert!(matches!(
         irfft2(bad, 4, 8),
+        Err(DiffusionError::InputShape { .. })
+    ));
+    // So is an interleaved spectrum with an odd number of channels.
+    let odd = Tensor::<B, 4>::zeros([1, 3, 4, 5], &Default::default());
+    assert!(matches!(
+        irfft2_interleaved(odd, 4, 8),
         Err(DiffusionError::InputShape { .. })
     ));
 }
