@@ -78,6 +78,68 @@ pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     apply(x, Activation::Silu, burn::tensor::activation::silu)
 }
 
+/// GEGLU's gating, `a · gelu(g)` where the last dimension of `x` (of even size `2d`) holds
+/// `a` in its first `d` and `g` in its last `d` entries (diffusers' `GEGLU`: `hidden, gate =
+/// proj(x).chunk(2, dim=-1)`); the result has `d` entries in the last dimension. On
+/// [`CpuBackend`] with `f32` data one parallel pass writes the product (Burn's `slice`s of
+/// the two halves are strided views, which its element-wise ops walk per element); otherwise
+/// the halves are sliced and multiplied with Burn's ops and [`gelu`]. An odd last dimension
+/// is a caller error (it panics, as Burn's `slice` would on a bad range).
+pub fn geglu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = x.dims();
+    let d2 = dims[D - 1];
+    assert!(d2.is_multiple_of(2), "geglu: the last dimension ({d2}) must be even");
+    if uses_cpu_kernel::<B>(x.dtype()) {
+        if let Ok(t) = same_type::<_, Tensor<CpuBackend, D>>(x.clone()) {
+            let t = t.into_primitive().tensor();
+            if let Some(out) = geglu_kernel(&t) {
+                KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+                return same_type_back(Tensor::<CpuBackend, D>::from_primitive(
+                    TensorPrimitive::Float(out),
+                ));
+            }
+        }
+    }
+    let d = d2 / 2;
+    let hidden = x.clone().narrow(D - 1, 0, d);
+    let gate = x.narrow(D - 1, d, d);
+    hidden * gelu(gate)
+}
+
+/// [`geglu`] on a contiguous f32 flex tensor; `None` for any other layout.
+fn geglu_kernel(t: &FlexTensor) -> Option<FlexTensor> {
+    let layout = t.layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    let mut shape: Vec<usize> = layout.shape().iter().copied().collect();
+    let d2 = *shape.last()?;
+    let d = d2 / 2;
+    if d == 0 {
+        return None;
+    }
+    let src = &t.storage::<f32>()[start..end];
+    let rows = src.len() / d2;
+    let level = SimdLevel::detect();
+    let mut out = vec![0.0f32; rows * d];
+    let rows_per_task = (CHUNK / d2).max(1);
+    out.par_chunks_mut(rows_per_task * d)
+        .zip(src.par_chunks(rows_per_task * d2))
+        .for_each(|(dst, s)| {
+            for (o, row) in dst.chunks_exact_mut(d).zip(s.chunks_exact(d2)) {
+                o.copy_from_slice(&row[d..]);
+                gelu_slice(level, o);
+                o.iter_mut().zip(&row[..d]).for_each(|(v, a)| *v *= a);
+            }
+        });
+    if let Some(last) = shape.last_mut() {
+        *last = d;
+    }
+    Some(FlexTensor::new(
+        burn::tensor::Bytes::from_elems(out),
+        Layout::contiguous(burn::tensor::Shape::from(shape)),
+        DType::F32,
+    ))
+}
+
 /// `erf(x)` of every element of `xs`, in place, with the kernel's approximation (see the
 /// module docs); single-threaded, vectorised. For tests and for callers holding raw slices.
 pub fn erf_in_place(xs: &mut [f32]) {
@@ -275,7 +337,7 @@ fn gelu_lane(x: f32) -> f32 {
 /// for `x ≥ 0` and `x·e / (1 + e)` below (accurate down to subnormal results); `−0` at
 /// `−inf`.
 #[inline(always)]
-fn silu_lane(x: f32) -> f32 {
+pub(crate) fn silu_lane(x: f32) -> f32 {
     let e = exp_lane(-x.abs());
     let num = if x < 0.0 { x * e } else { x };
     let y = num / (1.0 + e);

@@ -1,10 +1,13 @@
 //! The CPU GELU / SiLU kernels (`cielr_core::activation`) against Burn's flex `gelu` / `silu`
 //! and f64 references, over several ranks, odd lengths, parallel-size tensors, strided and
 //! shared views and special values; the dispatch; and the `erf` approximation against the
-//! f64 `erf` (Burn's flex `erf` on an f64 tensor, i.e. libm's `erf`).
+//! f64 `erf` (Burn's flex `erf` on an f64 tensor, i.e. libm's `erf`); GEGLU's gating against
+//! Burn's slices, `gelu` and product, and f64.
 
 use burn::tensor::{DType, Tensor, TensorData};
-use cielr_core::activation::{cpu_kernel_calls, erf_in_place, gelu, silu, uses_cpu_kernel, CHUNK};
+use cielr_core::activation::{
+    cpu_kernel_calls, erf_in_place, geglu, gelu, silu, uses_cpu_kernel, CHUNK,
+};
 use cielr_core::backend::CpuBackend as B;
 
 /// `n` values spread over `[-amp, amp]` by a Weyl (golden-ratio) sequence: deterministic,
@@ -313,4 +316,87 @@ fn dispatch() {
     let _ = gelu(x.clone());
     let _ = silu(x);
     assert_eq!(cpu_kernel_calls(), before + 2);
+}
+
+#[test]
+fn geglu_matches_burn_and_f64() {
+    // (shape, amplitude): SD's [b, tokens, 2 * 4 * dim] at a small size, a row count that
+    // splits unevenly into parallel tasks, rank 2 and 4.
+    let cases: [(Vec<usize>, f32); 4] = [
+        (vec![2, 37, 2 * 40], 6.0),
+        (vec![1, 1000, 2 * 48], 4.0),
+        (vec![3, 2 * 5], 8.0),
+        (vec![2, 3, 4, 2 * 7], 5.0),
+    ];
+    for (i, (shape, amp)) in cases.into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let data = spread(n, amp, 0.1 * i as f64);
+        let d2 = *shape.last().unwrap();
+        let d = d2 / 2;
+        // f64: a * gelu(g) per row.
+        let gelu_all = gelu_f64(&data);
+        let want: Vec<f64> = (0..n / d2)
+            .flat_map(|r| {
+                let (data, gelu_all) = (&data, &gelu_all);
+                (0..d).map(move |j| data[r * d2 + j] as f64 * gelu_all[r * d2 + d + j])
+            })
+            .collect();
+        let (ours, burn) = match shape.len() {
+            2 => {
+                let t = tensor(data.clone(), [shape[0], shape[1]]);
+                let before = cpu_kernel_calls();
+                let ours = values(geglu(t.clone()));
+                assert_eq!(cpu_kernel_calls(), before + 1, "kernel not taken");
+                let burn =
+                    t.clone().narrow(1, 0, d) * burn::tensor::activation::gelu(t.narrow(1, d, d));
+                (ours, values(burn))
+            }
+            3 => {
+                let t = tensor(data.clone(), [shape[0], shape[1], shape[2]]);
+                let ours = values(geglu(t.clone()));
+                let burn =
+                    t.clone().narrow(2, 0, d) * burn::tensor::activation::gelu(t.narrow(2, d, d));
+                (ours, values(burn))
+            }
+            _ => {
+                let t = tensor(data.clone(), [shape[0], shape[1], shape[2], shape[3]]);
+                let ours = values(geglu(t.clone()));
+                let burn =
+                    t.clone().narrow(3, 0, d) * burn::tensor::activation::gelu(t.narrow(3, d, d));
+                (ours, values(burn))
+            }
+        };
+        assert_eq!(ours.len(), want.len(), "{shape:?}: output size");
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err_f64 = ours
+            .iter()
+            .zip(&want)
+            .fold(0.0f64, |m, (&a, &w)| m.max((a as f64 - w).abs()));
+        let err_burn = ours
+            .iter()
+            .zip(&burn)
+            .fold(0.0f32, |m, (&a, &b)| m.max((a - b).abs()));
+        println!(
+            "geglu {shape:?}: vs f64 {err_f64:.3e}, vs Burn {err_burn:.3e} (max |ref| {scale:.2})"
+        );
+        assert!(scale > 1.0, "{shape:?}: degenerate reference");
+        assert!(
+            err_f64 <= 1e-6 * scale,
+            "{shape:?}: error vs f64 {err_f64:.3e}"
+        );
+        assert!(
+            err_burn as f64 <= 2e-6 * scale,
+            "{shape:?}: error vs Burn {err_burn:.3e}"
+        );
+    }
+    // A non-contiguous input (a swapped view) goes through Burn's ops and is still right.
+    let t = tensor(spread(2 * 6 * 8, 3.0, 0.7), [2, 8, 6]).swap_dims(1, 2);
+    let ours = values(geglu(t.clone()));
+    let dense = tensor(values(t.clone()), [2, 6, 8]);
+    let reference = values(geglu(dense));
+    let diff = ours
+        .iter()
+        .zip(&reference)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-6, "strided geglu differs by {diff:.3e}");
 }

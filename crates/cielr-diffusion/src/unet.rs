@@ -37,7 +37,8 @@ use burn::nn::{GroupNorm, LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
-use cielr_core::activation::{gelu, silu};
+use cielr_core::activation::{geglu, silu};
+use cielr_core::layout::contiguous;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -620,11 +621,13 @@ impl<B: Backend> CrossAttention<B> {
                 None,
                 options,
             );
-            return self.to_out.forward(out.swap_dims(1, 2).reshape([
-                b,
-                n,
-                self.heads * self.head_dim,
-            ]));
+            return self
+                .to_out
+                .forward(contiguous(out.swap_dims(1, 2)).reshape([
+                    b,
+                    n,
+                    self.heads * self.head_dim,
+                ]));
         }
         let q = self.split_heads(self.to_q.forward(x));
         let k = self.split_heads(self.to_k.forward(context.clone()));
@@ -689,11 +692,7 @@ impl<B: Backend> BasicTransformerBlock<B> {
             .forward(self.norm2.forward(x.clone()), Some(context))
             + x;
         let h = self.ff_proj.forward(self.norm3.forward(x.clone()));
-        let [b, n, d2] = h.dims();
-        let d = d2 / 2;
-        let hidden = h.clone().slice([0..b, 0..n, 0..d]);
-        let gate = h.slice([0..b, 0..n, d..d2]);
-        self.ff_out.forward(hidden * gelu(gate)) + x
+        self.ff_out.forward(geglu(h)) + x
     }
 }
 
@@ -782,7 +781,8 @@ impl<B: Backend> Transformer2d<B> {
             y = conv2d_module(p, y);
         }
         let inner = y.dims()[1];
-        let mut t = y.reshape([b, inner, h * w]).swap_dims(1, 2);
+        // Tokens `[b, h·w, inner]`, copied contiguous once (every block reads them).
+        let mut t = contiguous(y.reshape([b, inner, h * w]).swap_dims(1, 2));
         if let Some(p) = &self.proj_in_linear {
             t = p.forward(t);
         }
@@ -793,7 +793,7 @@ impl<B: Backend> Transformer2d<B> {
             t = p.forward(t);
         }
         let c_t = t.dims()[2];
-        let mut y = t.swap_dims(1, 2).reshape([b, c_t, h, w]);
+        let mut y = contiguous(t.swap_dims(1, 2)).reshape([b, c_t, h, w]);
         if let Some(p) = &self.proj_out_conv {
             y = conv2d_module(p, y);
         }

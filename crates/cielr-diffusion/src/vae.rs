@@ -41,6 +41,7 @@ use crate::error::{DiffusionError, Result};
 use crate::schedulers::NoiseSource;
 use crate::weights::{read_json, Checkpoint, Weights};
 use cielr_core::conv::conv2d_module;
+use cielr_core::layout::contiguous;
 
 /// GroupNorm's epsilon everywhere in the VAE.
 const EPS: f64 = 1e-6;
@@ -311,17 +312,18 @@ impl<B: Backend> VaeAttention<B> {
     /// Applies attention with its residual connection.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
-        let seq = self
-            .group_norm
-            .forward(x.clone())
-            .reshape([b, c, h * w])
-            .swap_dims(1, 2);
+        let seq = contiguous(
+            self.group_norm
+                .forward(x.clone())
+                .reshape([b, c, h * w])
+                .swap_dims(1, 2),
+        );
         let q = self.to_q.forward(seq.clone());
         let k = self.to_k.forward(seq.clone());
         let v = self.to_v.forward(seq);
         let slicing = AttentionSlicing::from_limit(self.max_scores);
         let out = self.to_out.forward(attention(q, k, v, self.scale, slicing));
-        out.swap_dims(1, 2).reshape([b, c, h, w]) + x
+        contiguous(out.swap_dims(1, 2)).reshape([b, c, h, w]) + x
     }
 }
 

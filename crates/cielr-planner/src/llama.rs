@@ -19,6 +19,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use cielr_core::activation::silu;
 use cielr_core::attention::attention;
+use cielr_core::layout::contiguous;
 use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
@@ -856,7 +857,7 @@ impl<B: Backend> LlamaAttention<B> {
         proj.run(
             &self.o_proj,
             |l| l.o_proj.as_ref(),
-            out.swap_dims(1, 2).reshape([b, s, nh * hd]),
+            contiguous(out.swap_dims(1, 2)).reshape([b, s, nh * hd]),
         )
     }
 }

@@ -38,6 +38,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 use cielr_core::activation::gelu;
 use cielr_core::attention::attention;
+use cielr_core::layout::contiguous;
 use cielr_core::weights::TensorStore;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -685,7 +686,7 @@ impl<B: Backend> ClipAttention<B> {
             }
         };
         self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b, s, d]))
+            .forward(contiguous(out.swap_dims(1, 2)).reshape([b, s, d]))
     }
 }
 
@@ -893,7 +894,7 @@ impl<B: Backend> ClipVisionTransformer<B> {
         let d = self.hidden_size;
         let patches = self.patch_embedding.forward(pixel_values);
         let [_, _, gh, gw] = patches.dims();
-        let patches = patches.reshape([b, d, gh * gw]).swap_dims(1, 2);
+        let patches = contiguous(patches.reshape([b, d, gh * gw]).swap_dims(1, 2));
         let class = self
             .class_embedding
             .val()

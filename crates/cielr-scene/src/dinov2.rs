@@ -18,6 +18,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::activation::gelu;
 use cielr_core::attention::attention;
+use cielr_core::layout::contiguous;
 use cielr_core::weights::Weights;
 use serde::Deserialize;
 use serde_json::Value;
@@ -331,9 +332,8 @@ impl<B: Backend> Layer<B> {
             softcap: None,
             is_causal: false,
         };
-        let attn = attention(q, k, v, None, None, options)
-            .swap_dims(1, 2)
-            .reshape([b, s, d]);
+        let attn =
+            contiguous(attention(q, k, v, None, None, options).swap_dims(1, 2)).reshape([b, s, d]);
         let attn = self.o.forward(attn) * self.scale1.clone().reshape([1, 1, d]);
         let x = x + attn;
         let m = self
@@ -461,7 +461,7 @@ impl<B: Backend> Dinov2Backbone<B> {
         let d = self.config.hidden_size;
         let x = self.patch_embed.forward(pixel_values);
         let [_, _, gh, gw] = x.dims();
-        let x = x.reshape([b, d, gh * gw]).swap_dims(1, 2);
+        let x = contiguous(x.reshape([b, d, gh * gw]).swap_dims(1, 2));
         let cls = self.cls_token.clone().expand([b, 1, d]);
         let pos = self.position_embeddings(gh, gw, h == w, &device);
         let mut x = Tensor::cat(vec![cls, x], 1) + pos;

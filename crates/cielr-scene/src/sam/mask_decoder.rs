@@ -11,6 +11,7 @@ use burn::tensor::ops::{AttentionModuleOptions, ConvTransposeOptions};
 use burn::tensor::Tensor;
 use cielr_core::activation::gelu;
 use cielr_core::attention::attention;
+use cielr_core::layout::contiguous;
 use cielr_core::weights::Weights;
 
 use super::config::SamMaskDecoderConfig;
@@ -86,7 +87,7 @@ impl<B: Backend> Attention<B> {
             scale: Some(self.scale),
             ..Default::default()
         };
-        let out = attention(q, k, v, None, None, options).swap_dims(1, 2);
+        let out = contiguous(attention(q, k, v, None, None, options).swap_dims(1, 2));
         let [n, t, h, hd] = out.dims();
         self.out_proj.forward(out.reshape([n, t, h * hd]))
     }

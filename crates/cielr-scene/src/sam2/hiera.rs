@@ -10,6 +10,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::activation::gelu;
 use cielr_core::attention::attention;
+use cielr_core::layout::contiguous;
 use cielr_core::weights::Weights;
 
 use super::config::{Sam2HieraConfig, Sam2VisionConfig};
@@ -160,9 +161,12 @@ impl<B: Backend> MultiScaleAttention<B> {
             scale: Some(scale),
             ..Default::default()
         };
-        let out = attention(q, k, v, None, None, options)
-            .swap_dims(1, 2)
-            .reshape([b, h, w, self.dim_out]);
+        let out = contiguous(attention(q, k, v, None, None, options).swap_dims(1, 2)).reshape([
+            b,
+            h,
+            w,
+            self.dim_out,
+        ]);
         self.proj.forward(out)
     }
 }

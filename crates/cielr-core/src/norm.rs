@@ -1,0 +1,1 @@
+//! GroupNorm kernel for the CPU backend (unfinished: being written).
