@@ -88,7 +88,10 @@ pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 pub fn geglu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let dims = x.dims();
     let d2 = dims[D - 1];
-    assert!(d2.is_multiple_of(2), "geglu: the last dimension ({d2}) must be even");
+    assert!(
+        d2.is_multiple_of(2),
+        "geglu: the last dimension ({d2}) must be even"
+    );
     if uses_cpu_kernel::<B>(x.dtype()) {
         if let Ok(t) = same_type::<_, Tensor<CpuBackend, D>>(x.clone()) {
             let t = t.into_primitive().tensor();

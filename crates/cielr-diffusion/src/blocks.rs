@@ -9,7 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
-use cielr_core::activation::silu;
+use cielr_core::norm::group_norm_silu;
 
 use crate::error::Result;
 use crate::weights::Weights;
@@ -79,7 +79,7 @@ impl<B: Backend> ResnetBlock2d<B> {
     /// Applies the block; `temb` is the time embedding after SiLU, `[B, temb_channels]`, and is
     /// only used by a block with a time embedding.
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
-        let h = conv2d_module(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let h = conv2d_module(&self.conv1, group_norm_silu(&self.norm1, x.clone()));
         let h = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(temb)) => {
                 let [b, c] = [h.dims()[0], h.dims()[1]];
@@ -87,7 +87,7 @@ impl<B: Backend> ResnetBlock2d<B> {
             }
             _ => h,
         };
-        let h = conv2d_module(&self.conv2, silu(self.norm2.forward(h)));
+        let h = conv2d_module(&self.conv2, group_norm_silu(&self.norm2, h));
         let shortcut = match &self.conv_shortcut {
             Some(c) => conv2d_module(c, x),
             None => x,

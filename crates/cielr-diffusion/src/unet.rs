@@ -39,6 +39,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::activation::{geglu, silu};
 use cielr_core::layout::contiguous;
+use cielr_core::norm::{group_norm, group_norm_silu};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -776,7 +777,7 @@ impl<B: Backend> Transformer2d<B> {
     /// Applies the transformer to `[B, C, H, W]` with text states `[B, S, context_dim]`.
     pub fn forward(&self, x: Tensor<B, 4>, context: Tensor<B, 3>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
-        let mut y = self.norm.forward(x.clone());
+        let mut y = group_norm(&self.norm, x.clone());
         if let Some(p) = &self.proj_in_conv {
             y = conv2d_module(p, y);
         }
@@ -1270,7 +1271,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         }
         Ok(conv2d_module(
             &self.conv_out,
-            silu(self.conv_norm_out.forward(x)),
+            group_norm_silu(&self.conv_norm_out, x),
         ))
     }
 }

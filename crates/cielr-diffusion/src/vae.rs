@@ -31,7 +31,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use cielr_core::activation::silu;
+use cielr_core::norm::{group_norm, group_norm_silu};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -313,8 +313,7 @@ impl<B: Backend> VaeAttention<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         let seq = contiguous(
-            self.group_norm
-                .forward(x.clone())
+            group_norm(&self.group_norm, x.clone())
                 .reshape([b, c, h * w])
                 .swap_dims(1, 2),
         );
@@ -497,7 +496,7 @@ impl<B: Backend> Encoder<B> {
             x = b.forward(x);
         }
         let x = self.mid_block.forward(x);
-        conv2d_module(&self.conv_out, silu(self.conv_norm_out.forward(x)))
+        conv2d_module(&self.conv_out, group_norm_silu(&self.conv_norm_out, x))
     }
 }
 
@@ -578,7 +577,7 @@ impl<B: Backend> Decoder<B> {
         for b in &self.up_blocks {
             x = b.forward(x);
         }
-        conv2d_module(&self.conv_out, silu(self.conv_norm_out.forward(x)))
+        conv2d_module(&self.conv_out, group_norm_silu(&self.conv_norm_out, x))
     }
 }
 
