@@ -1,7 +1,8 @@
 //! `cielr_core::layout::contiguous` against Burn's own contiguous copy: swapped and permuted
 //! views of ranks 2 to 4 (innermost dimension contiguous or transposed), sliced views, sizes
-//! that do not divide the tile; values must be bit-identical. Contiguous tensors, other
-//! dtypes and views with no unit-stride dimension are returned as they are.
+//! that do not divide the tile, a broadcast (expanded) view; values must be bit-identical.
+//! Contiguous tensors, other dtypes and views with no unit-stride dimension are returned as
+//! they are.
 
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use cielr_core::backend::CpuBackend as B;

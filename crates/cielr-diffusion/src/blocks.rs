@@ -9,6 +9,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
+use cielr_core::layout::contiguous;
 use cielr_core::norm::group_norm_silu;
 
 use crate::error::Result;
@@ -150,9 +151,13 @@ impl<B: Backend> Upsample2d<B> {
 /// Nearest-neighbour 2x upsampling of NCHW tensors.
 pub(crate) fn upsample_nearest2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, 2, w, 2])
-        .reshape([b, c, 2 * h, 2 * w])
+    // The expanded view copied by `contiguous` (Burn's reshape would walk it per element).
+    contiguous(x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2])).reshape([
+        b,
+        c,
+        2 * h,
+        2 * w,
+    ])
 }
 
 /// How [`attention`] bounds its memory: the `[rows, keys]` score matrices of all heads at
