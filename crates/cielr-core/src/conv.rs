@@ -236,34 +236,11 @@ fn pointwise(xv: &View<'_, f32>, wv: &View<'_, f32>, bias: Option<&[f32]>) -> Fl
     let hw = h * wd;
     let mut out = vec![0.0f32; batch * co * hw];
     let threads = rayon::current_num_threads().max(1);
-    // The bias as the rank-1 product ones · biasᵀ, written first (see `run_kernel`).
+    // The bias is written first (see `fill_bias`).
     let ones = vec![1.0f32; if bias.is_some() { hw } else { 0 }];
     for (b, dst) in out.chunks_exact_mut(co * hw).enumerate() {
         if let Some(bias) = bias {
-            // SAFETY: dst as below; lhs is `hw` ones (one column), rhs the `co` bias values.
-            unsafe {
-                gemm::gemm(
-                    hw,
-                    co,
-                    1,
-                    dst.as_mut_ptr(),
-                    hw as isize,
-                    1,
-                    false,
-                    ones.as_ptr(),
-                    1,
-                    1,
-                    bias.as_ptr(),
-                    1,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            fill_bias(dst, hw, bias, &ones);
         }
         // SAFETY: dst is `co` columns of `hw` floats (stride hw), exactly `dst`. lhs element
         // (p, c) is at xv.at(b, c, 0, 0) + p·strides[3] + c·strides[1] = xv.at(b, c, p / W,
@@ -299,6 +276,44 @@ fn pointwise(xv: &View<'_, f32>, wv: &View<'_, f32>, bias: Option<&[f32]>) -> Fl
         burn_flex::Layout::contiguous(shape),
         DType::F32,
     )
+}
+
+/// Writes `bias[c]` into every element of column `c` of the `rows × bias.len()` column-major
+/// block at the start of `dst` (column stride `rows`), as the rank-1 product `ones · biasᵀ`
+/// (so that every loop over all output elements is inside `gemm` or a `memcpy`). `ones` holds
+/// at least `rows` ones.
+fn fill_bias(dst: &mut [f32], rows: usize, bias: &[f32], ones: &[f32]) {
+    let co = bias.len();
+    assert!(
+        ones.len() >= rows && dst.len() >= rows * co,
+        "fill_bias: buffers too small"
+    );
+    // SAFETY: dst is `co` columns of `rows` floats (stride rows), inside `dst` (checked above);
+    // lhs is `rows` ones (one column), inside `ones`; rhs the `co` bias values (one row,
+    // column stride 1).
+    unsafe {
+        gemm::gemm(
+            rows,
+            co,
+            1,
+            dst.as_mut_ptr(),
+            rows as isize,
+            1,
+            false,
+            ones.as_ptr(),
+            1,
+            1,
+            bias.as_ptr(),
+            1,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Marks a window column with no input pixel behind it (zero padding, or past the padded
@@ -571,8 +586,7 @@ fn run_kernel(
     let mut out = vec![0.0f32; out_len];
     let out_ptr = SharedOut(out.as_mut_ptr());
     let bias_ref = bias_data.as_deref();
-    // The bias enters each block as the rank-1 product ones · biasᵀ (so that every loop over
-    // all output elements is inside `gemm` or a `memcpy`).
+    // The bias enters each block through `fill_bias`.
     let ones = vec![1.0f32; max_m];
     let (wt, ones) = (&wt[..], &ones[..]);
     (0..batch * blocks).into_par_iter().for_each_init(
@@ -585,31 +599,7 @@ fn run_kernel(
             // Rows of the gemm: the block's pixels, rounded up (see `M_ALIGN`).
             let m = ((rows - 1) * wq + wo).next_multiple_of(M_ALIGN);
             if let Some(bs) = bias_ref {
-                // SAFETY: dst as below; lhs is `m ≤ max_m` ones (one column), rhs the `co`
-                // bias values (one row, column stride 1).
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        co,
-                        1,
-                        scratch.as_mut_ptr(),
-                        m as isize,
-                        1,
-                        false,
-                        ones.as_ptr(),
-                        1,
-                        1,
-                        bs.as_ptr(),
-                        1,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                fill_bias(scratch, m, bs, ones);
             }
             for t in 0..taps {
                 let (ky, kx) = (t / kw, t % kw);
