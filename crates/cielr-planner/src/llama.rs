@@ -556,14 +556,9 @@ impl RotaryEmbedding {
 
 /// Applies the rotary embedding in the "rotate half" layout: channel `j` of the first half
 /// pairs with channel `j` of the second. `x` is `[batch, heads, seq, head_dim]`, `cos`/`sin`
-/// are `[seq, head_dim / 2]`.
+/// are `[1 or batch, 1, seq, head_dim / 2]` (`cielr_core::rope`, one pass on the CPU).
 fn apply_rope<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-    let half = x.dims()[3] / 2;
-    let x1 = x.clone().narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
-    let r2 = x2 * cos.clone() + x1 * sin.clone();
-    Tensor::cat(vec![r1, r2], 3)
+    cielr_core::rope::rotate_half(x, cos, sin)
 }
 
 /// Below this many multiply-adds the `flex` CPU backend runs a matmul on one thread (its
