@@ -9,6 +9,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 use cielr_core::activation::gelu;
 use cielr_core::attention::attention;
+use cielr_core::layout::contiguous;
 use cielr_core::weights::Weights;
 
 use super::config::SamVisionConfig;
@@ -122,12 +123,13 @@ impl<B: Backend> SamVisionAttention<B> {
         let [b, h, w, c] = x.dims();
         let nh = self.heads;
         let hd = c / nh;
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, h * w, 3, nh, hd])
-            .permute([2, 0, 3, 1, 4])
-            .reshape([3, b * nh, h * w, hd]);
+        let qkv = contiguous(
+            self.qkv
+                .forward(x)
+                .reshape([b, h * w, 3, nh, hd])
+                .permute([2, 0, 3, 1, 4]),
+        )
+        .reshape([3, b * nh, h * w, hd]);
         let q = qkv.clone().narrow(0, 0, 1).reshape([b * nh, h * w, hd]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([b * nh, h * w, hd]);
         let v = qkv.narrow(0, 2, 1).reshape([b * nh, h * w, hd]);
@@ -140,19 +142,21 @@ impl<B: Backend> SamVisionAttention<B> {
                 let bh = b * nh;
                 let q4 = q.clone().reshape([bh, h, w, hd]);
                 // rel_h[b, y, x, ky] = sum_c q[b, y, x, c] * rh[y, ky, c]
-                let qh = q4.clone().permute([1, 0, 2, 3]).reshape([h, bh * w, hd]);
-                let rel_h = qh
-                    .matmul(rh.clone().swap_dims(1, 2))
-                    .reshape([h, bh, w, h])
-                    .permute([1, 0, 2, 3])
-                    .reshape([bh, h * w, h]);
+                let qh = contiguous(q4.clone().permute([1, 0, 2, 3])).reshape([h, bh * w, hd]);
+                let rel_h = contiguous(
+                    qh.matmul(rh.clone().swap_dims(1, 2))
+                        .reshape([h, bh, w, h])
+                        .permute([1, 0, 2, 3]),
+                )
+                .reshape([bh, h * w, h]);
                 // rel_w[b, y, x, kx] = sum_c q[b, y, x, c] * rw[x, kx, c]
-                let qw = q4.permute([2, 0, 1, 3]).reshape([w, bh * h, hd]);
-                let rel_w = qw
-                    .matmul(rw.clone().swap_dims(1, 2))
-                    .reshape([w, bh, h, w])
-                    .permute([1, 2, 0, 3])
-                    .reshape([bh, h * w, w]);
+                let qw = contiguous(q4.permute([2, 0, 1, 3])).reshape([w, bh * h, hd]);
+                let rel_w = contiguous(
+                    qw.matmul(rw.clone().swap_dims(1, 2))
+                        .reshape([w, bh, h, w])
+                        .permute([1, 2, 0, 3]),
+                )
+                .reshape([bh, h * w, w]);
                 // Folded rel-pos: with q' = [q * scale, rel_h(q), rel_w(q)] and
                 // k' = [k, onehot(ky), onehot(kx)], q'.k' = scale q.k + rel_h[q, ky] +
                 // rel_w[q, kx], so the fused attention runs without an `[N, N]` bias (and
@@ -170,10 +174,12 @@ impl<B: Backend> SamVisionAttention<B> {
             softcap: None,
             is_causal: false,
         };
-        let out = attention(split(q), split(k), split(v), None, None, options)
-            .reshape([b, nh, h, w, hd])
-            .permute([0, 2, 3, 1, 4])
-            .reshape([b, h, w, c]);
+        let out = contiguous(
+            attention(split(q), split(k), split(v), None, None, options)
+                .reshape([b, nh, h, w, hd])
+                .permute([0, 2, 3, 1, 4]),
+        )
+        .reshape([b, h, w, c]);
         self.proj.forward(out)
     }
 }
@@ -204,10 +210,11 @@ fn window_partition<B: Backend>(x: Tensor<B, 4>, ws: usize) -> (Tensor<B, 4>, (u
         x = Tensor::cat(vec![x, Tensor::zeros([b, ph, w + pw, c], &device)], 1);
     }
     let (hp, wp) = (h + ph, w + pw);
-    let windows = x
-        .reshape([b, hp / ws, ws, wp / ws, ws, c])
-        .permute([0, 1, 3, 2, 4, 5])
-        .reshape([b * (hp / ws) * (wp / ws), ws, ws, c]);
+    let windows = contiguous(
+        x.reshape([b, hp / ws, ws, wp / ws, ws, c])
+            .permute([0, 1, 3, 2, 4, 5]),
+    )
+    .reshape([b * (hp / ws) * (wp / ws), ws, ws, c]);
     (windows, (hp, wp))
 }
 
@@ -220,10 +227,12 @@ fn window_unpartition<B: Backend>(
 ) -> Tensor<B, 4> {
     let [n, _, _, c] = windows.dims();
     let b = n / ((hp / ws) * (wp / ws));
-    let x = windows
-        .reshape([b, hp / ws, wp / ws, ws, ws, c])
-        .permute([0, 1, 3, 2, 4, 5])
-        .reshape([b, hp, wp, c]);
+    let x = contiguous(
+        windows
+            .reshape([b, hp / ws, wp / ws, ws, ws, c])
+            .permute([0, 1, 3, 2, 4, 5]),
+    )
+    .reshape([b, hp, wp, c]);
     if hp != h || wp != w {
         x.narrow(1, 0, h).narrow(2, 0, w)
     } else {
@@ -340,7 +349,7 @@ impl<B: Backend> SamVisionEncoder<B> {
                 s = self.image_size
             )));
         }
-        let mut x = self.patch_embed.forward(pixel_values).permute([0, 2, 3, 1]);
+        let mut x = contiguous(self.patch_embed.forward(pixel_values).permute([0, 2, 3, 1]));
         if let Some(pe) = &self.pos_embed {
             x = x + pe.clone();
         }

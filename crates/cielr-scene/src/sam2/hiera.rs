@@ -86,10 +86,11 @@ fn window_partition<B: Backend>(x: Tensor<B, 4>, ws: usize) -> (Tensor<B, 4>, (u
     let x = pad_hw(x, ph, pw);
     let (hp, wp) = (h + ph, w + pw);
     let (nh, nw) = (hp / ws, wp / ws);
-    let x = x
-        .reshape([b, nh, ws, nw, ws, c])
-        .permute([0, 1, 3, 2, 4, 5])
-        .reshape([b * nh * nw, ws, ws, c]);
+    let x = contiguous(
+        x.reshape([b, nh, ws, nw, ws, c])
+            .permute([0, 1, 3, 2, 4, 5]),
+    )
+    .reshape([b * nh * nw, ws, ws, c]);
     (x, (hp, wp))
 }
 
@@ -104,11 +105,13 @@ fn window_unpartition<B: Backend>(
     let (nh, nw) = (hp / ws, wp / ws);
     let [bw, _, _, c] = x.dims();
     let b = bw / (nh * nw);
-    x.reshape([b, nh, nw, ws, ws, c])
-        .permute([0, 1, 3, 2, 4, 5])
-        .reshape([b, hp, wp, c])
-        .narrow(1, 0, size.0)
-        .narrow(2, 0, size.1)
+    contiguous(
+        x.reshape([b, nh, nw, ws, ws, c])
+            .permute([0, 1, 3, 2, 4, 5]),
+    )
+    .reshape([b, hp, wp, c])
+    .narrow(1, 0, size.0)
+    .narrow(2, 0, size.1)
 }
 
 /// `do_pool`: `max_pool2d(kernel = stride = s, ceil_mode=False)` over a `[B, H, W, C]` tensor.
@@ -332,8 +335,10 @@ impl<B: Backend> Sam2Hiera<B> {
                 }
             }
         }
-        let pos_embed = Tensor::<B, 4>::from_data(TensorData::new(pe, [1, d, gh, gw]), device)
-            .permute([0, 2, 3, 1]);
+        let pos_embed = contiguous(
+            Tensor::<B, 4>::from_data(TensorData::new(pe, [1, d, gh, gw]), device)
+                .permute([0, 2, 3, 1]),
+        );
         let mut blocks = Vec::new();
         let mut stage_ends = Vec::new();
         let mut total = 0;
@@ -361,7 +366,7 @@ impl<B: Backend> Sam2Hiera<B> {
 
     /// Runs the backbone; returns the output of each stage (high to low resolution).
     pub fn forward(&self, pixel_values: Tensor<B, 4>) -> Vec<Tensor<B, 4>> {
-        let x = self.patch_embed.forward(pixel_values).permute([0, 2, 3, 1]);
+        let x = contiguous(self.patch_embed.forward(pixel_values).permute([0, 2, 3, 1]));
         let mut x = x + self.pos_embed.clone();
         let mut out = Vec::new();
         for (i, b) in self.blocks.iter().enumerate() {
