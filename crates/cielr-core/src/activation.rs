@@ -62,6 +62,7 @@ pub fn uses_cpu_kernel<B: Backend>(dtype: DType) -> bool {
 enum Activation {
     Gelu,
     Silu,
+    QuickGelu,
 }
 
 /// GELU with the exact erf form, `0.5·x·(1 + erf(x/√2))` (what
@@ -77,6 +78,18 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     apply(x, Activation::Silu, burn::tensor::activation::silu)
 }
+
+/// OpenAI CLIP's `quick_gelu`, `x·sigmoid(1.702·x)` (CLIP and OWLv2 towers). Runs the CPU
+/// kernel of this module when [`uses_cpu_kernel`] says so (one pass; Burn's ops take three with
+/// a scalar `expf`), Burn's `x * sigmoid(x * 1.702)` otherwise.
+pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    apply(x, Activation::QuickGelu, |x| {
+        x.clone() * burn::tensor::activation::sigmoid(x * QUICK_GELU_SCALE)
+    })
+}
+
+/// The slope of `quick_gelu`'s sigmoid.
+const QUICK_GELU_SCALE: f32 = 1.702;
 
 /// GEGLU's gating, `a · gelu(g)` where the last dimension of `x` (of even size `2d`) holds
 /// `a` in its first `d` and `g` in its last `d` entries (diffusers' `GEGLU`: `hidden, gate =
@@ -232,6 +245,7 @@ fn map_slice(level: SimdLevel, xs: &mut [f32], act: Activation) {
     match act {
         Activation::Gelu => gelu_slice(level, xs),
         Activation::Silu => silu_slice(level, xs),
+        Activation::QuickGelu => quick_gelu_slice(level, xs),
     }
 }
 
@@ -242,6 +256,10 @@ multiversion! {
 multiversion! {
     /// `xs[i] = silu(xs[i])`.
     fn silu_slice(xs: &mut [f32]) = silu_slice_impl;
+}
+multiversion! {
+    /// `xs[i] = quick_gelu(xs[i])`.
+    fn quick_gelu_slice(xs: &mut [f32]) = quick_gelu_slice_impl;
 }
 multiversion! {
     /// `xs[i] = erf(xs[i])`.
@@ -270,6 +288,11 @@ fn gelu_slice_impl(xs: &mut [f32]) {
 #[inline(always)]
 fn silu_slice_impl(xs: &mut [f32]) {
     map_lanes(xs, silu_lane);
+}
+
+#[inline(always)]
+fn quick_gelu_slice_impl(xs: &mut [f32]) {
+    map_lanes(xs, quick_gelu_lane);
 }
 
 #[inline(always)]
@@ -329,6 +352,22 @@ fn erf_lane(x: f32) -> f32 {
 #[inline(always)]
 fn gelu_lane(x: f32) -> f32 {
     let y = 0.5 * x * (1.0 + erf_lane(x * std::f32::consts::FRAC_1_SQRT_2));
+    if x == f32::NEG_INFINITY {
+        -0.0
+    } else {
+        y
+    }
+}
+
+/// Scalar body of the vectorised `quick_gelu`: `x·sigmoid(v)` with `v = 1.702·x` and, with
+/// `e = e^(−|v|)` (never overflows), `sigmoid(v) = 1 / (1 + e)` for `v ≥ 0` and `e / (1 + e)`
+/// below; `−0` at `−inf`.
+#[inline(always)]
+fn quick_gelu_lane(x: f32) -> f32 {
+    let v = QUICK_GELU_SCALE * x;
+    let e = exp_lane(-v.abs());
+    let num = if v < 0.0 { e } else { 1.0 };
+    let y = x * (num / (1.0 + e));
     if x == f32::NEG_INFINITY {
         -0.0
     } else {

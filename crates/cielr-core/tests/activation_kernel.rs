@@ -6,7 +6,7 @@
 
 use burn::tensor::{DType, Tensor, TensorData};
 use cielr_core::activation::{
-    cpu_kernel_calls, erf_in_place, geglu, gelu, silu, uses_cpu_kernel, CHUNK,
+    cpu_kernel_calls, erf_in_place, geglu, gelu, quick_gelu, silu, uses_cpu_kernel, CHUNK,
 };
 use cielr_core::backend::CpuBackend as B;
 
@@ -399,4 +399,45 @@ fn geglu_matches_burn_and_f64() {
         .zip(&reference)
         .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff <= 1e-6, "strided geglu differs by {diff:.3e}");
+}
+
+#[test]
+fn quick_gelu_matches_burn_and_f64() {
+    // Wide and narrow ranges, a parallel-size tensor, and the special values.
+    let mut data = spread(3 * CHUNK + 17, 40.0, 0.3);
+    data.extend(spread(10_001, 1e-3, 0.9));
+    data.extend([0.0, -0.0, 1.0, -1.0, 60.0, -60.0]);
+    let n = data.len();
+    let x = tensor(data.clone(), [n]);
+    let before = cpu_kernel_calls();
+    let ours = values(quick_gelu(x.clone()));
+    assert_eq!(cpu_kernel_calls(), before + 1, "kernel not taken");
+    let burn = values(x.clone() * burn::tensor::activation::sigmoid(x * 1.702));
+    // The reference in f64 from the f32 argument `1.702·x` (rounded as every f32
+    // implementation, Burn's and torch's included, rounds it: for x ≈ -40 that rounding
+    // alone moves the result by ~60 ulp).
+    let want: Vec<f64> = data
+        .iter()
+        .map(|&x| {
+            let v = (1.702f32 * x) as f64;
+            x as f64 / (1.0 + (-v).exp())
+        })
+        .collect();
+    let burn64: Vec<f64> = burn.iter().map(|&v| v as f64).collect();
+    let scale = |_: f32, r: f64| ulp(r);
+    let (vs_f64, at64) = worst(&data, &ours, &want, scale);
+    let (vs_burn, at) = worst(&data, &ours, &burn64, scale);
+    println!(
+        "quick_gelu: vs f64 {vs_f64:.2} ulp (x = {at64}), vs Burn {vs_burn:.2} ulp (x = {at})"
+    );
+    assert!(vs_f64 <= 3.5, "quick_gelu vs f64 {vs_f64} ulp at {at64}");
+    assert!(vs_burn <= 4.0, "quick_gelu vs Burn {vs_burn} ulp at {at}");
+    // Specials: ±inf and NaN.
+    let special = values(quick_gelu(tensor(
+        vec![f32::INFINITY, f32::NEG_INFINITY, f32::NAN],
+        [3],
+    )));
+    assert_eq!(special[0], f32::INFINITY);
+    assert_eq!(special[1].to_bits(), (-0.0f32).to_bits());
+    assert!(special[2].is_nan());
 }

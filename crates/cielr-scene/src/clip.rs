@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, LayerNorm, Linear, PaddingConfig2d};
-use burn::tensor::activation::{sigmoid, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -66,7 +66,7 @@ impl ClipActivation {
     /// Applies the activation element-wise.
     pub fn forward<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            ClipActivation::QuickGelu => x.clone() * sigmoid(x * 1.702),
+            ClipActivation::QuickGelu => cielr_core::activation::quick_gelu(x),
             ClipActivation::Gelu => gelu(x),
             ClipActivation::GeluTanh => {
                 let inner = (x.clone() + x.clone().powi_scalar(3) * 0.044715)
