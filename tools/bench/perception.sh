@@ -79,7 +79,9 @@ for m in ${only//,/ }; do
             if [ "$side" = torch ]; then
                 line="$("$python" tools/bench/perception_ref.py "$m" "$d" "$warmup" "$runs" "$threads" | tail -n 1)"
             else
-                line="$("$ours_bin" "$m" "$d" "$warmup" "$runs" | tail -n 1)"
+                # mimalloc keeps freed memory, as the `cielr` binary sets it
+                # (`cielr::keep_freed_memory`; the example cannot call it).
+                line="$(MIMALLOC_PURGE_DELAY=-1 "$ours_bin" "$m" "$d" "$warmup" "$runs" | tail -n 1)"
             fi
             echo "   $m round $r $side: $line (load $(cut -d' ' -f1 /proc/loadavg))" >&2
             echo "$side $load $line" >>"$log"

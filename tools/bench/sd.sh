@@ -24,4 +24,5 @@ cargo build --release -p cielr-diffusion --example sd_bench
 echo "== diffusers: $config folder, inputs, outputs and timings -> $out"
 "$python" tools/bench/sd_ref.py "$out" "$config" "$size" "$steps"
 echo "== cielr-diffusion on the same folder and inputs"
-target/release/examples/sd_bench "$out"
+# mimalloc keeps freed memory, as the `cielr` binary sets it (`cielr::keep_freed_memory`).
+MIMALLOC_PURGE_DELAY=-1 target/release/examples/sd_bench "$out"
