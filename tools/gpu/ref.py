@@ -324,7 +324,8 @@ def build_llm(size, out):
 def build_e2e(size, out, dev):
     """Random-weight checkpoints of the whole CIELR edit for our side's `e2e` timing (nothing
     runs in torch).  Full size: OWLv2 large/14 at 1008 (the paper's detector), SAM ViT-B
-    (the harness's SAM; the paper uses SAM 2.1 hiera-large), Depth Anything V2 large (ViT-L,
+    (the harness's SAM; `E2E_SEGMENTER=sam2` writes the paper's SAM 2.1 hiera-large instead),
+    Depth Anything V2 large (ViT-L,
     518), SD-1.5 inpainting (UNet, VAE, CLIP ViT-L/14 text encoder, 77 tokens) and the
     config.json of a Qwen2.5-1.5B-shaped LLM (our side initialises its random weights: a 6 GB
     checkpoint would cost more time to write and read than the edit itself).  The tokenizers
@@ -371,8 +372,15 @@ def build_e2e(size, out, dev):
     pp["size"] = {"height": s, "width": s}
     (d / "preprocessor_config.json").write_text(json.dumps(pp, indent=1))
 
-    # SAM (perturbed as in the sam rows, so no output is a constant)
-    sam_model(size, out / "sam")
+    # The segmenter: SAM ViT-B (perturbed as in the sam rows, so no output is a constant), or
+    # with E2E_SEGMENTER=sam2 the paper's SAM 2.1 (hiera-large at full size; the SSR builder
+    # picks the model from config.json and runs its mask generator with `use_m2m`).
+    if os.environ.get("E2E_SEGMENTER", "sam") == "sam2":
+        import sam2
+        seed_all(1)
+        sam2.write_checkpoint(sam2.full_config() if full else sam2.tiny_config(), out / "sam")
+    else:
+        sam_model(size, out / "sam")
 
     # Depth Anything V2
     d = out / "depth"

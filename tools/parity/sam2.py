@@ -172,17 +172,11 @@ def run_case(model, pixel_values, orig, target, points, boxes, multimask, input_
         return model(pixel_values=pixel_values, multimask_output=multimask, **kw)
 
 
-def main():
-    mode = sys.argv[1] if len(sys.argv) > 1 else "tiny"
-    torch.manual_seed(0)
-    if mode == "tiny":
-        out = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "crates/cielr-scene/tests/fixtures/sam2-tiny"
-        config = tiny_config()
-        image = Image.open(COFFEE).convert("RGB").resize((96, 64), Image.LANCZOS)
-    else:
-        out = Path(sys.argv[2])
-        config = full_config()
-        image = Image.open(COFFEE).convert("RGB").resize((320, 240), Image.LANCZOS)
+def write_checkpoint(config, out):
+    """A `Sam2Model` of `config` with every parameter re-drawn (`randomise`, seed 1234), saved
+    to `out` as float16 safetensors with its config.json and preprocessor_config.json (what
+    the Rust loader reads). Returns the model (float16-rounded values, float32) and its input
+    size."""
     out.mkdir(parents=True, exist_ok=True)
     config._attn_implementation = "eager"
     model = Sam2Model(config).eval()
@@ -206,6 +200,21 @@ def main():
     (out / "preprocessor_config.json").write_text(json.dumps(proc_cfg, indent=2))
     sd = {k: v.half().contiguous() for k, v in model.state_dict().items() if v.is_floating_point()}
     save_file(sd, str(out / "model.safetensors"))
+    return model, target
+
+
+def main():
+    mode = sys.argv[1] if len(sys.argv) > 1 else "tiny"
+    torch.manual_seed(0)
+    if mode == "tiny":
+        out = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "crates/cielr-scene/tests/fixtures/sam2-tiny"
+        config = tiny_config()
+        image = Image.open(COFFEE).convert("RGB").resize((96, 64), Image.LANCZOS)
+    else:
+        out = Path(sys.argv[2])
+        config = full_config()
+        image = Image.open(COFFEE).convert("RGB").resize((320, 240), Image.LANCZOS)
+    model, target = write_checkpoint(config, out)
     image.save(out / "image.png")
 
     orig = (image.height, image.width)
