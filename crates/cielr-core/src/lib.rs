@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod prompts;
 pub mod reasoning;
+pub mod resize;
 pub mod rope;
 pub mod scene;
 pub mod spatial;

@@ -22,8 +22,8 @@ use std::path::Path;
 
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{conv_transpose2d, interpolate};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::module::conv_transpose2d;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::conv::conv2d;
 use cielr_core::mask::Mask;
@@ -398,12 +398,9 @@ impl<B: Backend> Residual<B> {
     }
 }
 
+/// Bilinear resizing (cielr-core's CPU kernel; Burn's `interpolate` elsewhere).
 fn bilinear<B: Backend>(x: Tensor<B, 4>, size: [usize; 2], align_corners: bool) -> Tensor<B, 4> {
-    interpolate(
-        x,
-        size,
-        InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(align_corners),
-    )
+    cielr_core::resize::bilinear(x, size, align_corners)
 }
 
 /// `DepthAnythingFeatureFusionLayer`.

@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData};
+use cielr_core::resize::bilinear;
 use image::{DynamicImage, RgbImage};
 use serde_json::Value;
 
@@ -276,13 +275,10 @@ impl SamProcessor {
                 self.config.pad_size
             )));
         }
-        let opts = || InterpolateOptions {
-            mode: InterpolateMode::Bilinear,
-            align_corners: false,
-        };
-        let x = interpolate(low_res, [ph, pw], opts());
+        // Bilinear, align_corners false (cielr-core's CPU kernel; Burn's `interpolate` elsewhere).
+        let x = bilinear(low_res, [ph, pw], false);
         let x = x.narrow(2, 0, rh).narrow(3, 0, rw);
-        Ok(interpolate(x, [oh, ow], opts()))
+        Ok(bilinear(x, [oh, ow], false))
     }
 
     /// The pixel values of one image as a `[1, 3, H, W]` tensor.

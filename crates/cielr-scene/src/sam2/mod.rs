@@ -26,8 +26,6 @@ pub mod hiera;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::weights::TensorStore;
 use image::DynamicImage;
@@ -187,14 +185,7 @@ impl Sam2Processor {
         low_res: Tensor<B, 4>,
         original_size: (usize, usize),
     ) -> Tensor<B, 4> {
-        interpolate(
-            low_res,
-            [original_size.0, original_size.1],
-            InterpolateOptions {
-                mode: InterpolateMode::Bilinear,
-                align_corners: false,
-            },
-        )
+        cielr_core::resize::bilinear(low_res, [original_size.0, original_size.1], false)
     }
 }
 
