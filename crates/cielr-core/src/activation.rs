@@ -268,7 +268,7 @@ multiversion! {
 
 /// `f` applied to every element, in blocks of [`LANES`] so that LLVM vectorises it.
 #[inline(always)]
-fn map_lanes(xs: &mut [f32], f: impl Fn(f32) -> f32) {
+pub(crate) fn map_lanes(xs: &mut [f32], f: impl Fn(f32) -> f32) {
     let mut chunks = xs.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for x in c.iter_mut() {

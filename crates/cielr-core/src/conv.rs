@@ -47,7 +47,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::backend::CpuBackend;
-use crate::flex_view::{same_type, same_type_back, View};
+use crate::flex_view::{same_type, same_type_back, SharedOut, View};
 
 /// Target size, in floats, of one work item's scratch output block (`out channels ×
 /// pixels`): small enough to stay in a core's L2 cache across the kernel taps.
@@ -455,21 +455,6 @@ fn fill_window(
                 }
             }
         }
-    }
-}
-
-/// A raw pointer shared by work items that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every work item writes only its own (batch item, output rows) region.
-unsafe impl Send for SharedOut {}
-// SAFETY: as above.
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

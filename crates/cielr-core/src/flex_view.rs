@@ -98,3 +98,21 @@ impl<'a> View<'a, f32> {
         )
     }
 }
+
+/// A raw output pointer shared by parallel work items that each write their own, disjoint
+/// part of one buffer (the kernels' rayon loops). Every user states, at its `unsafe` write,
+/// which part its item owns.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: the pointer is only written through by work items that write disjoint elements
+// (each use site argues this at its `unsafe` block).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}

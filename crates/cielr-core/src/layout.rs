@@ -17,7 +17,7 @@ use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
 use crate::backend::CpuBackend;
-use crate::flex_view::{same_type, same_type_back};
+use crate::flex_view::{same_type, same_type_back, SharedOut};
 
 /// Rows of the transposed dimension copied per tile (one AVX-512 vector of f32).
 const TILE: usize = 16;
@@ -61,20 +61,6 @@ pub fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
-/// A raw output pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes only its own output elements (see `copy`).
-unsafe impl Send for Out {}
-// SAFETY: as above.
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// The contiguous copy of `t`, or `None` when `t` is contiguous already or not a view the
 /// kernel copies.
 fn copy(t: &FlexTensor) -> Option<FlexTensor> {
@@ -115,7 +101,7 @@ fn copy(t: &FlexTensor) -> Option<FlexTensor> {
             .find(|&d| strides[d] == 1 && shape[d] > 1)?
     };
     let mut out = vec![0.0f32; n];
-    let out_ptr = Out(out.as_mut_ptr());
+    let out_ptr = SharedOut(out.as_mut_ptr());
     // Output strides (row-major).
     let mut out_strides = vec![1usize; rank];
     for d in (0..inner).rev() {

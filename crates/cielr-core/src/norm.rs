@@ -75,7 +75,7 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use crate::activation::silu_lane;
+use crate::activation::{map_lanes, silu_lane};
 use crate::attention::{multiversion, SimdLevel};
 use crate::backend::CpuBackend;
 use crate::flex_view::{same_type, same_type_back};
@@ -86,8 +86,6 @@ const BLOCK: usize = 2048;
 const SPLIT: usize = 1 << 16;
 /// f64 accumulators of the statistics loops (four AVX-512 registers).
 const ACC: usize = 32;
-/// f32 lanes of the output loop.
-const LANES: usize = 16;
 
 thread_local! {
     static KERNEL_CALLS: Cell<usize> = const { Cell::new(0) };
@@ -490,19 +488,5 @@ fn apply_impl(src: Option<&[f32]>, dst: &mut [f32], first: usize, coef: &Coeffic
 fn map_from(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32) {
     for (y, &x) in dst.iter_mut().zip(src) {
         *y = f(x);
-    }
-}
-
-/// `f` applied to every element, in blocks of [`LANES`] so that LLVM vectorises it.
-#[inline(always)]
-fn map_lanes(xs: &mut [f32], f: impl Fn(f32) -> f32) {
-    let mut chunks = xs.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for x in c.iter_mut() {
-            *x = f(*x);
-        }
-    }
-    for x in chunks.into_remainder() {
-        *x = f(*x);
     }
 }

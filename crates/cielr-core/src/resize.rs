@@ -21,7 +21,7 @@ use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
 use crate::backend::CpuBackend;
-use crate::flex_view::{same_type, same_type_back, View};
+use crate::flex_view::{same_type, same_type_back, SharedOut, View};
 
 /// Output pixels per parallel task, about.
 const TASK_PIXELS: usize = 1 << 14;
@@ -84,20 +84,6 @@ fn axis_taps(input: usize, output: usize, align_corners: bool) -> Vec<(usize, us
         .collect()
 }
 
-/// A raw output pointer shared by tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes only its own output rows (see `kernel`).
-unsafe impl Send for Out {}
-// SAFETY: as above.
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// The kernel on an f32 flex tensor; `None` for shapes it leaves to Burn (empty input or
 /// output).
 fn kernel(x: &FlexTensor, [oh, ow]: [usize; 2], align_corners: bool) -> Option<FlexTensor> {
@@ -112,7 +98,7 @@ fn kernel(x: &FlexTensor, [oh, ow]: [usize; 2], align_corners: bool) -> Option<F
     let rows_per_task = (TASK_PIXELS / ow).clamp(1, oh);
     let blocks = oh.div_ceil(rows_per_task);
     let mut out = vec![0.0f32; planes * oh * ow];
-    let out_ptr = Out(out.as_mut_ptr());
+    let out_ptr = SharedOut(out.as_mut_ptr());
     let (sy, sx) = (xv.strides[2], xv.strides[3]);
     (0..planes * blocks).into_par_iter().for_each(|item| {
         let (plane, blk) = (item / blocks, item % blocks);

@@ -20,7 +20,7 @@ use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
 use crate::backend::CpuBackend;
-use crate::flex_view::{same_type, same_type_back, View};
+use crate::flex_view::{same_type, same_type_back, SharedOut, View};
 
 /// Rows (positions of one head) per parallel task, about.
 const ROWS_PER_TASK: usize = 64;
@@ -75,20 +75,6 @@ pub fn rotate_half<B: Backend>(
     Tensor::cat(vec![r1, r2], 3)
 }
 
-/// A raw output pointer shared by tasks that write disjoint rows.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: every task writes only its own rows (see `kernel`).
-unsafe impl Send for Out {}
-// SAFETY: as above.
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// The kernel on f32 flex tensors; `None` when the shapes or dtypes are not what it takes.
 fn kernel(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> Option<FlexTensor> {
     if cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
@@ -104,7 +90,7 @@ fn kernel(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor) -> Option<FlexTens
     let sv = View::new(sin.storage::<f32>(), sin, [b, h, s, half])?;
     let rows = b * h * s;
     let mut out = vec![0.0f32; rows * d];
-    let out_ptr = Out(out.as_mut_ptr());
+    let out_ptr = SharedOut(out.as_mut_ptr());
     (0..rows.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
         .for_each(|task| {
