@@ -20,7 +20,8 @@
 //! (`Flex` implements `Backend` only as `Flex<f32, i32>` but stores and computes F16/BF16
 //! tensors; `Cuda<f32>` does the same), so one build serves every precision.
 //!
-//! `e2e` times the whole CIELR edit with random weights (no reference outputs, no torch side):
+//! `e2e` times the whole CIELR edit with random weights (no reference outputs; the torch side
+//! times the same stages in `tools/gpu/e2e_torch.py`):
 //! the SSR build (OWLv2 + SAM automatic masks + Depth Anything V2), two planner rounds of fixed
 //! length (prompt and generated token counts from `torch.json`, greedy on random logits) with a
 //! Qwen2-shaped LLM whose random weights are initialised here from its `config.json`, and an

@@ -9,8 +9,9 @@
 #   models: llm clip owlv2 sam sam-decoder depth unet vae lama sd-inpaint e2e (default: all,
 #           in that order; sd-inpaint is the whole 20-step inpainting pipeline against
 #           diffusers; e2e is the time-only end-to-end edit, see tools/gpu/README.md)
-#   --no-half  skip our half-precision runs (by default each model but e2e runs a second time
-#           in half precision: f16 on CUDA, bf16 on CPU, the dtype torch's half rows use)
+#   --no-half  skip our half-precision runs (by default each model runs a second time in half
+#           precision: f16 on CUDA, bf16 on CPU, the dtype torch's half rows use; e2e's torch
+#           side is timed in f32 only)
 #   --bin   our binary (default: with --device cuda target/gpu-carry/gpu_check if present,
 #           else target/release/examples/gpu_check, built if missing)
 #   --out   work folder (default: /tmp/cielr-gpu-check; checkpoints at full size need ~12 GB)
@@ -18,7 +19,8 @@
 #   transformers 5, diffusers 0.42, safetensors, PyYAML), LAMA_REPO (LaMa sources; default
 #   target/gpu-carry/lama-src if present, see tools/gpu/prepare.sh), MODEL_TIMEOUT (seconds per
 #   model and side, default 300), OURS_ARGS (extra arguments for every run of ours, e.g.
-#   `--sd-attention fused` to time Burn's fused attention in the SD rows on CUDA).
+#   `--sd-attention fused` to time Burn's fused attention in the SD rows on CUDA), E2E_TORCH=0
+#   (e2e: skip the torch edit), E2E_SEGMENTER=sam2 (e2e: SAM 2.1 hiera-large as the segmenter).
 # Exit status: 0 when every model ran and every f32 row is within tolerance, 1 otherwise.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
         --out) out="$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
         --no-half) half=0; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -61,10 +63,20 @@ fi
 if [ -z "${LAMA_REPO:-}" ] && [ -d target/gpu-carry/lama-src ]; then
     export LAMA_REPO="$repo/target/gpu-carry/lama-src"
 fi
-# Carried wheels (diffusers) when the interpreter lacks them: see tools/gpu/README.md.
-if ! "$PYTHON" -c "import diffusers" 2>/dev/null && ls target/gpu-carry/wheels/*.whl >/dev/null 2>&1; then
+# Carried wheels for the modules the interpreter lacks (diffusers and its importlib_metadata;
+# segment_anything for e2e's torch side): see tools/gpu/README.md.
+wheels=()
+if ! "$PYTHON" -c "import diffusers" 2>/dev/null; then
+    wheels+=(target/gpu-carry/wheels/diffusers-*.whl target/gpu-carry/wheels/importlib_metadata-*.whl)
+fi
+if ! "$PYTHON" -c "import segment_anything" 2>/dev/null; then
+    wheels+=(target/gpu-carry/wheels/segment_anything-*.whl)
+fi
+present=()
+for w in "${wheels[@]}"; do [ -f "$w" ] && present+=("$w"); done
+if [ "${#present[@]}" -gt 0 ]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/cielr-site target/gpu-carry/wheels/*.whl && export PYTHONPATH="/tmp/cielr-site${PYTHONPATH:+:$PYTHONPATH}"
+        --target /tmp/cielr-site "${present[@]}" && export PYTHONPATH="/tmp/cielr-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
 # On a shared CPU, OpenMP's spinning workers make torch's timings erratic.
@@ -97,8 +109,8 @@ for m in $models; do
     fi
     cat "$d/ours.log"
     # Ours in half precision (same weights, cast at load): a failure here is a "not run" half
-    # row with its reason, not a failed model. e2e is timed in f32 only.
-    if [ "$half" = 1 ] && [ "$m" != e2e ]; then
+    # row with its reason, not a failed model.
+    if [ "$half" = 1 ]; then
         if timeout "$tmo" "$bin" "$m" "$d" --device "$device" --repeats "$repeats" --precision "$halfp" ${OURS_ARGS:-} > "$d/ours-half.log" 2>&1; then
             cat "$d/ours-half.log"
         else
@@ -108,7 +120,7 @@ for m in $models; do
             [ "$rc" = 124 ] && reason="timed out after $tmo s"
             echo "$halfp run failed: $reason" > "$d/ours-half-failed"
         fi
-    elif [ "$m" != e2e ]; then
+    else
         echo "not run (--no-half)" > "$d/ours-half-failed"
     fi
     # The checkpoint is not needed any more: keep the disk free at full size.

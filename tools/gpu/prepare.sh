@@ -3,8 +3,9 @@
 # git through /target; named in the device call's `carry`):
 #   gpu_check     our binary, built with the cuda feature (x86-64; runs on CPU too)
 #   lama-src/     LaMa's module files that tools/parity/lama.py imports (no internet there)
-#   wheels/       diffusers 0.42.1 and importlib_metadata 8.7.0 (pure Python; the device image
-#                 has torch, transformers, safetensors, PyYAML but not diffusers)
+#   wheels/       diffusers 0.42.1, importlib_metadata 8.7.0 and segment_anything 1.0 (pure
+#                 Python; the device image has torch, transformers, safetensors, PyYAML but not
+#                 diffusers; segment_anything is the torch side of e2e's automatic masks)
 # Usage: tools/gpu/prepare.sh [--no-build]
 #   builds with CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-/work/target-cuda} (a separate target dir,
 #   >10 min on 2 cores the first time), LAMA_REPO as in tools/parity/lama.py.
@@ -32,5 +33,9 @@ if [ ! -f "$carry/wheels/diffusers-0.42.1-py3-none-any.whl" ]; then
     dl="python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp -d $carry/wheels"
     $dl diffusers==0.42.1
     $dl importlib_metadata==8.7.0
+fi
+if [ ! -f "$carry/wheels/segment_anything-1.0-py3-none-any.whl" ]; then
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        -d "$carry/wheels" segment-anything==1.0
 fi
 du -sh "$carry" "$carry"/*

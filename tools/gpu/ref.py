@@ -15,10 +15,11 @@ max abs / rel error against the f32 output.  Nothing big is committed or carried
 generated at run time.
 
 A case may split its outputs over several rows (`sam-decoder`: mask logits and IoU scores);
-the first row carries the case's time, the others `torch_ms: null`.  `e2e` only writes the
+the first row carries the case's time, the others `torch_ms: null`.  `e2e` writes the
 random-weight checkpoints of the whole CIELR edit (OWLv2, SAM, Depth Anything V2, SD inpainting,
-the LLM's config.json: our side initialises the LLM's random weights itself) and the image;
-it runs nothing in torch (a time-only row on our side).
+the LLM's config.json: our side initialises the LLM's random weights itself) and the image,
+then times the same edit stage by stage with the reference libraries (tools/gpu/e2e_torch.py;
+`E2E_TORCH=0` skips it): time-only rows, no outputs compared.
 """
 
 import copy
@@ -322,8 +323,8 @@ def build_llm(size, out):
 
 
 def build_e2e(size, out, dev):
-    """Random-weight checkpoints of the whole CIELR edit for our side's `e2e` timing (nothing
-    runs in torch).  Full size: OWLv2 large/14 at 1008 (the paper's detector), SAM ViT-B
+    """Random-weight checkpoints of the whole CIELR edit for the `e2e` timing (its torch side
+    is tools/gpu/e2e_torch.py).  Full size: OWLv2 large/14 at 1008 (the paper's detector), SAM ViT-B
     (the harness's SAM; `E2E_SEGMENTER=sam2` writes the paper's SAM 2.1 hiera-large instead),
     Depth Anything V2 large (ViT-L,
     518), SD-1.5 inpainting (UNet, VAE, CLIP ViT-L/14 text encoder, 77 tokens) and the
@@ -640,12 +641,26 @@ def main():
     t0 = time.perf_counter()
     if name == "e2e":
         meta = build_e2e(size, out, dev)
+        print(f"[torch] e2e {size}: random-weight checkpoints written in {time.perf_counter() - t0:.1f} s")
+        rows = [{"name": "e2e", "precision": "f32", "torch_ms": None, "time_only": True,
+                 "note": "no torch run (E2E_TORCH=0)"}]
+        if os.environ.get("E2E_TORCH", "1") != "0":
+            import e2e_torch
+            t1 = time.perf_counter()
+            try:
+                stages, segmenter = e2e_torch.run(out, dev, meta)
+                rows = [{"name": k, "precision": "f32", "time_only": True, **v} for k, v in stages.items()]
+                meta["torch_segmenter"] = segmenter
+                print(f"[torch] e2e {size} on {device}: the torch edit (segmenter: {segmenter}) "
+                      f"loaded and ran twice in {time.perf_counter() - t1:.1f} s")
+            except Exception as e:  # our side still runs; the table says why torch has no times
+                rows[0]["note"] = f"torch edit failed: {type(e).__name__}: {e}"[:200]
+                print(f"[torch] e2e: {rows[0]['note']}")
         meta.update({"model": name, "size": size, "device": device, "torch": torch.__version__,
-                     "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
-                     "rows": [{"name": "e2e", "precision": "f32", "torch_ms": None, "time_only": True}]})
+                     "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None, "rows": rows})
         (out / "torch.json").write_text(json.dumps(meta, indent=1) + "\n")
-        print(f"[torch] e2e {size}: random-weight checkpoints written in {time.perf_counter() - t0:.1f} s "
-              "(time-only row: no torch run)")
+        for r in rows:
+            print(f"[torch] {r}")
         return
     if name == "sd-inpaint":
         build_sd_inpaint(size, out, dev, repeats)

@@ -10,9 +10,10 @@ error against the torch f32 reference, our and torch's half times, and torch's o
 against its f32 output for scale; a non-finite half output fails, an error more than
 HALF_WARN (10) times torch's is marked HIGH (not a failure: half error depends on the
 model's value ranges, this is a measurement).  A half row that did not run says why
-("not run: ..."), from the folder's `ours-half-failed`.  Time-only rows (`e2e`: no reference)
-list our stage times.  Exit status 1 when a model failed, an f32 row is out of tolerance or a
-half output is non-finite.
+("not run: ..."), from the folder's `ours-half-failed`.  Time-only rows (`e2e`: no outputs
+compared) list our stage times beside torch's f32 time of the same stage
+(tools/gpu/e2e_torch.py).  Exit status 1 when a model failed, an f32 row is out of tolerance
+or a half output is non-finite.
 """
 import json
 import os
@@ -26,6 +27,37 @@ SHORT = {"float16": "f16", "bfloat16": "bf16", "f32": "f32", "f16": "f16", "bf16
 
 def fmt(v, spec):
     return "—" if v is None else format(v, spec)
+
+
+def time_only_rows(torch_meta, ours, half_failed):
+    """The `e2e` lines: each of our time-only rows (f32, then half), beside torch's time for the
+    same stage in f32 (tools/gpu/e2e_torch.py) when there is one."""
+    torch_rows = {t["name"]: t for t in torch_meta["rows"] if t.get("time_only")}
+    rows = sorted((r for r in ours.values() if r.get("time_only")),
+                  key=lambda r: SHORT.get(r["precision"], r["precision"]) != "f32")
+    if not rows:
+        return ["| e2e | — | — | — | — | — | — | — | FAILED: no time-only rows from ours |"]
+    lines = []
+    for r in rows:
+        prec = SHORT.get(r["precision"], r["precision"])
+        t = torch_rows.get(r["name"], {}) if prec == "f32" else {}
+        om, tm = r.get("ours_ms"), t.get("torch_ms")
+        ratio = fmt(om / tm if (om is not None and tm) else None, ".2f")
+        notes = [f"ours: {r.get('note', '')}"]
+        if t.get("torch_cold_ms") is not None:
+            notes.append(f"torch cold pass {t['torch_cold_ms']:.0f} ms")
+        if t.get("note"):
+            notes.append(f"torch: {t['note']}")
+        if prec == "f32" and tm is None and not t.get("note"):
+            why = next((x.get("note") for x in torch_rows.values() if x.get("note")), None)
+            notes.append(f"no torch time{': ' + why if why else ''}")
+        if prec != "f32":
+            notes.append("torch not timed in half")
+        lines.append(f"| {r['name']} | {prec} | — | — | — | {fmt(om, '.1f')} | {fmt(tm, '.1f')} | {ratio} | "
+                     f"time only, random weights; {'; '.join(notes)} |")
+    if half_failed and not any(SHORT.get(r["precision"]) != "f32" for r in rows):
+        lines.append(f"| e2e | half | — | — | — | — | — | — | ours not run: {half_failed[:100]} |")
+    return lines
 
 
 def main():
@@ -47,16 +79,16 @@ def main():
             for r in json.loads(f.read_text())["rows"]:
                 ours[(r["name"], SHORT.get(r["precision"], r["precision"]))] = r
         half_failed = (d / "ours-half-failed").read_text().strip() if (d / "ours-half-failed").exists() else None
+        time_only_done = False
         for t in torch_meta["rows"]:
             prec = SHORT.get(t["precision"], t["precision"])
             if t.get("time_only"):
-                rows = [r for r in ours.values() if r.get("time_only")]
-                if not rows:
-                    lines.append(f"| {t['name']} | {prec} | — | — | — | — | — | — | FAILED: no time-only rows from ours |")
+                if time_only_done:
+                    continue
+                time_only_done = True
+                lines += time_only_rows(torch_meta, ours, half_failed)
+                if not any(r.get("time_only") for r in ours.values()):
                     bad += 1
-                for r in rows:
-                    lines.append(f"| {r['name']} | {prec} | — | — | — | {fmt(r.get('ours_ms'), '.1f')} | — | — | "
-                                 f"time only, random weights, no torch side: {r.get('note', '')} |")
                 continue
             o = ours.get((t["name"], prec))
             tm = t.get("torch_ms")

@@ -15,6 +15,14 @@ pub fn is_cpu_backend<B: burn::tensor::backend::Backend>() -> bool {
     std::any::TypeId::of::<B>() == std::any::TypeId::of::<CpuBackend>()
 }
 
+/// The values of a float tensor on the host as f32, whatever its dtype (models loaded in f16 or
+/// bf16 read their outputs back through this; `TensorData::to_vec::<f32>` alone fails on them).
+pub fn read_f32<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> Result<Vec<f32>, burn::tensor::DataError> {
+    t.into_data().convert::<f32>().into_vec::<f32>()
+}
+
 /// What compute is usable in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accelerator {
@@ -90,5 +98,18 @@ mod tests {
         let t = Tensor::<super::CpuBackend, 1>::from_floats([1.0, 2.0, 3.0], &device);
         let s: f32 = t.sum().into_scalar();
         assert_eq!(s, 6.0);
+    }
+
+    #[test]
+    fn read_f32_converts_half_tensors() {
+        use burn::tensor::{FloatDType, Tensor};
+        let device = Default::default();
+        let t = Tensor::<super::CpuBackend, 2>::from_floats([[1.5, -2.0], [0.25, 3.0]], &device);
+        for dtype in [FloatDType::F16, FloatDType::BF16] {
+            let half = t.clone().cast(dtype);
+            assert!(half.clone().into_data().to_vec::<f32>().is_err());
+            assert_eq!(super::read_f32(half).unwrap(), vec![1.5, -2.0, 0.25, 3.0]);
+        }
+        assert_eq!(super::read_f32(t).unwrap(), vec![1.5, -2.0, 0.25, 3.0]);
     }
 }

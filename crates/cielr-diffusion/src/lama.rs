@@ -915,10 +915,7 @@ impl<B: Backend> LamaInpainter<B> {
         let img = Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, h, w]), &self.device);
         let msk = Tensor::<B, 4>::from_data(TensorData::new(mk, [1, 1, h, w]), &self.device);
         let out = self.predict(img, msk)?;
-        let v = out
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
+        let v = cielr_core::backend::read_f32(out)
             .map_err(|e| DiffusionError::input_shape("LaMa output", format!("{e:?}")))?;
         let mut result = image.clone();
         for (x, y) in mask.pixels() {

@@ -196,9 +196,7 @@ pub fn clip_score_from_cosine(cos: f64) -> f64 {
 
 /// Row 0 of `[1, d]` features divided by its L2 norm (`x / ||x||`, as torchmetrics does).
 fn normalized<B: Backend>(x: Tensor<B, 2>) -> Result<Vec<f32>> {
-    let v = x
-        .into_data()
-        .into_vec::<f32>()
+    let v = cielr_core::backend::read_f32(x)
         .map_err(|e| CoreError::Model(format!("CLIP score: reading features back: {e:?}")))?;
     let n = v.iter().map(|&a| a * a).sum::<f32>().sqrt();
     Ok(v.iter().map(|&a| a / n).collect())

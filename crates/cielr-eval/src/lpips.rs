@@ -312,16 +312,15 @@ impl<B: Backend> LpipsSqueeze<B> {
             )));
         }
         let maps = self.stage_maps(to_tensor(a, device), to_tensor(b, device));
-        let stages =
-            maps.into_iter()
-                .map(|m| {
-                    let [_, _, h, w] = m.dims();
-                    let v = m.into_data().into_vec::<f32>().map_err(|e| {
-                        CoreError::Model(format!("LPIPS: reading a map back: {e:?}"))
-                    })?;
-                    Ok((h, w, v))
-                })
-                .collect::<Result<Vec<_>>>()?;
+        let stages = maps
+            .into_iter()
+            .map(|m| {
+                let [_, _, h, w] = m.dims();
+                let v = cielr_core::backend::read_f32(m)
+                    .map_err(|e| CoreError::Model(format!("LPIPS: reading a map back: {e:?}")))?;
+                Ok((h, w, v))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(LpipsMaps { stages })
     }
 }

@@ -1341,10 +1341,7 @@ impl<B: Backend> Llama<B> {
         let h = self.forward_hidden(self.token_tensor(tokens)?, cache)?;
         let [_, s, d] = h.dims();
         let last = h.narrow(1, s - 1, 1).reshape([1, d]);
-        self.logits(last)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
+        cielr_core::backend::read_f32(self.logits(last))
             .map_err(|e| model_err(format!("reading logits: {e:?}")))
     }
 }
@@ -1424,11 +1421,7 @@ impl<B: Backend> Llama<B> {
     fn last_logits_rows(&self, h: Tensor<B, 3>) -> Result<Vec<Vec<f32>>> {
         let [b, s, d] = h.dims();
         let last = h.narrow(1, s - 1, 1).reshape([b, d]);
-        let flat = self
-            .logits(last)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
+        let flat = cielr_core::backend::read_f32(self.logits(last))
             .map_err(|e| model_err(format!("reading logits: {e:?}")))?;
         Ok(flat
             .chunks_exact(self.config.vocab_size)

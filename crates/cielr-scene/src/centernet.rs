@@ -448,9 +448,7 @@ impl<B: Backend> CenterNet<B> {
             ));
         }
         let read = |t: Tensor<B, 4>| -> Result<Vec<f32>> {
-            t.into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
+            cielr_core::backend::read_f32(t)
                 .map_err(|e| SceneError::config("CenterNet", format!("reading an output: {e:?}")))
         };
         Ok(RawOutput {

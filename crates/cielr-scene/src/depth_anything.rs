@@ -1026,10 +1026,7 @@ impl<B: Backend> DepthAnything<B> {
         );
         let depth = self.model.forward(input)?;
         let [_, h, w] = depth.dims();
-        let values = depth
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
+        let values = cielr_core::backend::read_f32(depth)
             .map_err(|e| SceneError::InvalidInput(format!("depth readback: {e:?}")))?;
         self.processor.post_process(
             &values,

@@ -481,8 +481,7 @@ impl<B: Backend> AmgModel for SamModel<B> {
 }
 
 fn read_sam<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .to_vec::<f32>()
+    cielr_core::backend::read_f32(t)
         .map_err(|e| SceneError::InvalidInput(format!("reading SAM outputs: {e:?}")))
 }
 

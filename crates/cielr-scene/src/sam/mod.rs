@@ -361,9 +361,7 @@ pub(crate) fn logits_to_masks<B: Backend>(
     logits: Tensor<B, 4>,
 ) -> Result<Vec<Vec<cielr_core::mask::Mask>>> {
     let [n, m, h, w] = logits.dims();
-    let data = logits
-        .into_data()
-        .to_vec::<f32>()
+    let data = cielr_core::backend::read_f32(logits)
         .map_err(|e| SceneError::InvalidInput(format!("reading mask logits: {e:?}")))?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {

@@ -105,8 +105,7 @@ fn fill_holes_and_sprinkles(plane: &mut [f32], w: usize, h: usize, area: usize, 
 }
 
 fn read<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .to_vec::<f32>()
+    cielr_core::backend::read_f32(t)
         .map_err(|e| SceneError::InvalidInput(format!("reading SAM 2 outputs: {e:?}")))
 }
 

@@ -354,12 +354,10 @@ impl<B: Backend> Sam2MaskDecoder<B> {
     ) -> Result<(Tensor<B, 4>, Tensor<B, 2>)> {
         let [n, m, h, w] = masks.dims();
         let device = masks.device();
-        let read = |t: TensorData| {
-            t.to_vec::<f32>()
-                .map_err(|e| SceneError::InvalidInput(format!("reading decoder output: {e:?}")))
-        };
-        let md = read(masks.into_data())?;
-        let io = read(iou.into_data())?;
+        let md = cielr_core::backend::read_f32(masks)
+            .map_err(|e| SceneError::InvalidInput(format!("reading decoder output: {e:?}")))?;
+        let io = cielr_core::backend::read_f32(iou)
+            .map_err(|e| SceneError::InvalidInput(format!("reading decoder output: {e:?}")))?;
         let hw = h * w;
         let mut out_m = Vec::with_capacity(n * hw);
         let mut out_i = Vec::with_capacity(n);
