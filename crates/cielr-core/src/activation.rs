@@ -27,8 +27,6 @@
 //! Special values: `gelu(+inf) = silu(+inf) = +inf`, `gelu(−inf) = silu(−inf) = −0` (Burn gives
 //! NaN there), NaN stays NaN.
 
-use std::cell::Cell;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
@@ -41,14 +39,9 @@ use crate::flex_view::{same_type, same_type_back};
 /// Elements per parallel task.
 pub const CHUNK: usize = 32 * 1024;
 
-thread_local! {
-    static KERNEL_CALLS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How many [`gelu`] / [`silu`] calls made on the current thread ran the CPU kernel (rather
-/// than Burn's function). For tests and diagnostics.
-pub fn cpu_kernel_calls() -> usize {
-    KERNEL_CALLS.with(Cell::get)
+crate::flex_view::cpu_kernel_counter! {
+    /// How many [`gelu`] / [`silu`] calls made on the current thread ran the CPU kernel (rather
+    /// than Burn's function). For tests and diagnostics.
 }
 
 /// Whether [`gelu`] and [`silu`] take the CPU kernel for backend `B` and tensor dtype
@@ -109,7 +102,7 @@ pub fn geglu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
         if let Ok(t) = same_type::<_, Tensor<CpuBackend, D>>(x.clone()) {
             let t = t.into_primitive().tensor();
             if let Some(out) = geglu_kernel(&t) {
-                KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+                count_kernel_call();
                 return same_type_back(Tensor::<CpuBackend, D>::from_primitive(
                     TensorPrimitive::Float(out),
                 ));
@@ -174,7 +167,7 @@ fn apply<B: Backend, const D: usize>(
     match same_type::<_, Tensor<CpuBackend, D>>(x) {
         Ok(t) => {
             let result = run(t.into_primitive().tensor(), act);
-            KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+            count_kernel_call();
             same_type_back(Tensor::<CpuBackend, D>::from_primitive(
                 TensorPrimitive::Float(result),
             ))

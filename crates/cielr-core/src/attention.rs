@@ -47,15 +47,13 @@ const MIN_SPLIT_WORK: usize = 1 << 18;
 /// Fewest keys a split-K task gets.
 const MIN_SPLIT_KEYS: usize = 128;
 
-thread_local! {
-    static KERNEL_CALLS: Cell<usize> = const { Cell::new(0) };
-    static SPLIT_K_CALLS: Cell<usize> = const { Cell::new(0) };
+crate::flex_view::cpu_kernel_counter! {
+    /// How many [`attention`] calls made on the current thread ran the CPU kernel (rather than
+    /// Burn's attention). For tests and diagnostics.
 }
 
-/// How many [`attention`] calls made on the current thread ran the CPU kernel (rather than
-/// Burn's attention). For tests and diagnostics.
-pub fn cpu_kernel_calls() -> usize {
-    KERNEL_CALLS.with(Cell::get)
+thread_local! {
+    static SPLIT_K_CALLS: Cell<usize> = const { Cell::new(0) };
 }
 
 /// How many of the [`cpu_kernel_calls`] on the current thread split the keys of their work
@@ -121,7 +119,7 @@ fn flex_attention(
     let mp = mask.map(Tensor::into_primitive);
     let bp = bias.map(|b| b.into_primitive().tensor());
     if let Some(out) = run_kernel(&qp, &kp, &vp, mp.as_ref(), bp.as_ref(), &options) {
-        KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+        count_kernel_call();
         return Tensor::from_primitive(TensorPrimitive::Float(out));
     }
     burn::tensor::module::attention(

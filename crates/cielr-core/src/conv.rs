@@ -36,8 +36,6 @@
 //! Measured (`examples/conv_bench.rs`, 2 threads, shared 2-core AMD EPYC): 1.3–1.9x faster
 //! than Burn 0.21's flex conv2d on SD VAE / UNet 3x3 and LaMa 7x7 shapes, on par for 1x1.
 
-use std::cell::Cell;
-
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
@@ -58,14 +56,9 @@ const M_ALIGN: usize = 16;
 /// Work items per rayon thread the row blocking aims for (when the image is big enough).
 const ITEMS_PER_THREAD: usize = 4;
 
-thread_local! {
-    static KERNEL_CALLS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How many [`conv2d`] / [`conv2d_module`] calls made on the current thread ran the CPU
-/// kernel (rather than Burn's convolution). For tests and diagnostics.
-pub fn cpu_kernel_calls() -> usize {
-    KERNEL_CALLS.with(Cell::get)
+crate::flex_view::cpu_kernel_counter! {
+    /// How many [`conv2d`] / [`conv2d_module`] calls made on the current thread ran the CPU
+    /// kernel (rather than Burn's convolution). For tests and diagnostics.
 }
 
 /// How a convolution fills the border its padding adds around the input.
@@ -222,7 +215,7 @@ fn try_kernel<B: Backend>(
         );
         return Err(same_type_back(args));
     };
-    KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+    count_kernel_call();
     Ok(same_type_back(Tensor::<CpuBackend, 4>::from_primitive(
         TensorPrimitive::Float(out),
     )))

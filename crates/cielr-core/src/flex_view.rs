@@ -7,6 +7,28 @@ use std::any::{Any, TypeId};
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
+/// Defines a kernel module's per-thread call counter: the public `cpu_kernel_calls()` (its doc
+/// comment given by the caller; tests and diagnostics read it) and the private
+/// `count_kernel_call()` each CPU-kernel call makes.
+macro_rules! cpu_kernel_counter {
+    ($(#[$doc:meta])*) => {
+        thread_local! {
+            static KERNEL_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+        }
+
+        $(#[$doc])*
+        pub fn cpu_kernel_calls() -> usize {
+            KERNEL_CALLS.with(std::cell::Cell::get)
+        }
+
+        /// Counts one more call on this thread that ran the CPU kernel.
+        fn count_kernel_call() {
+            KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+        }
+    };
+}
+pub(crate) use cpu_kernel_counter;
+
 /// `value` as a `U` when `T` and `U` are the same type, `value` back otherwise. Code generic
 /// over a backend `B` reaches the CPU backend's tensors with it once it knows that `B` is
 /// `CpuBackend` (e.g. `Tensor<B, 4>` as `Tensor<CpuBackend, 4>`); it only re-types.

@@ -9,8 +9,6 @@
 //! Any other view, backend or dtype is returned unchanged (Burn makes it contiguous where it
 //! needs to).
 
-use std::cell::Cell;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
@@ -24,14 +22,9 @@ const TILE: usize = 16;
 /// Elements per parallel task, about.
 const TASK_ELEMS: usize = 1 << 15;
 
-thread_local! {
-    static KERNEL_CALLS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How many [`contiguous`] calls made on the current thread copied with this module's
-/// kernel. For tests and diagnostics.
-pub fn cpu_kernel_calls() -> usize {
-    KERNEL_CALLS.with(Cell::get)
+crate::flex_view::cpu_kernel_counter! {
+    /// How many [`contiguous`] calls made on the current thread copied with this module's
+    /// kernel. For tests and diagnostics.
 }
 
 /// `x` with a contiguous row-major layout, the same values and shape. On
@@ -48,7 +41,7 @@ pub fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
             let t = t.into_primitive().tensor();
             let out = match copy(&t) {
                 Some(out) => {
-                    KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+                    count_kernel_call();
                     out
                 }
                 None => t,

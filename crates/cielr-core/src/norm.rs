@@ -67,8 +67,6 @@
 //! assert!(diff < 1e-5);
 //! ```
 
-use std::cell::Cell;
-
 use burn::nn::GroupNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
@@ -87,14 +85,9 @@ const SPLIT: usize = 1 << 16;
 /// f64 accumulators of the statistics loops (four AVX-512 registers).
 const ACC: usize = 32;
 
-thread_local! {
-    static KERNEL_CALLS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How many [`group_norm`] / [`group_norm_silu`] calls made on the current thread ran the CPU
-/// kernel (rather than Burn's `GroupNorm::forward`). For tests and diagnostics.
-pub fn cpu_kernel_calls() -> usize {
-    KERNEL_CALLS.with(Cell::get)
+crate::flex_view::cpu_kernel_counter! {
+    /// How many [`group_norm`] / [`group_norm_silu`] calls made on the current thread ran the CPU
+    /// kernel (rather than Burn's `GroupNorm::forward`). For tests and diagnostics.
 }
 
 /// Whether [`group_norm`] and [`group_norm_silu`] take the CPU kernel for backend `B` and
@@ -180,7 +173,7 @@ fn try_kernel<B: Backend, const D: usize>(
     let t = x.into_primitive().tensor();
     match run(t, &geometry, &gamma, &beta, silu) {
         Ok(out) => {
-            KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+            count_kernel_call();
             Ok(same_type_back(Tensor::<CpuBackend, D>::from_primitive(
                 TensorPrimitive::Float(out),
             )))

@@ -11,8 +11,6 @@
 //! input may be any strided view; work is split over (batch, channel, row block) with rayon.
 //! Other backends and dtypes run Burn's `interpolate`.
 
-use std::cell::Cell;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -26,14 +24,9 @@ use crate::flex_view::{same_type, same_type_back, SharedOut, View};
 /// Output pixels per parallel task, about.
 const TASK_PIXELS: usize = 1 << 14;
 
-thread_local! {
-    static KERNEL_CALLS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How many [`bilinear`] calls made on the current thread ran the CPU kernel. For tests and
-/// diagnostics.
-pub fn cpu_kernel_calls() -> usize {
-    KERNEL_CALLS.with(Cell::get)
+crate::flex_view::cpu_kernel_counter! {
+    /// How many [`bilinear`] calls made on the current thread ran the CPU kernel. For tests and
+    /// diagnostics.
 }
 
 /// `x` `[batch, channels, h, w]` resized to `size` = `[out_h, out_w]` by bilinear
@@ -48,7 +41,7 @@ pub fn bilinear<B: Backend>(
         if let Ok(t) = same_type::<_, Tensor<CpuBackend, 4>>(x.clone()) {
             let t = t.into_primitive().tensor();
             if let Some(out) = kernel(&t, size, align_corners) {
-                KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+                count_kernel_call();
                 return same_type_back(Tensor::<CpuBackend, 4>::from_primitive(
                     TensorPrimitive::Float(out),
                 ));

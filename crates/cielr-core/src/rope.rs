@@ -12,8 +12,6 @@
 //! writes the contiguous result in one pass, in parallel over rows with rayon (the same f32
 //! operations, so the same values); other backends and dtypes run the Burn formula.
 
-use std::cell::Cell;
-
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
@@ -25,14 +23,9 @@ use crate::flex_view::{same_type, same_type_back, SharedOut, View};
 /// Rows (positions of one head) per parallel task, about.
 const ROWS_PER_TASK: usize = 64;
 
-thread_local! {
-    static KERNEL_CALLS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How many [`rotate_half`] calls made on the current thread ran the CPU kernel. For tests
-/// and diagnostics.
-pub fn cpu_kernel_calls() -> usize {
-    KERNEL_CALLS.with(Cell::get)
+crate::flex_view::cpu_kernel_counter! {
+    /// How many [`rotate_half`] calls made on the current thread ran the CPU kernel. For tests
+    /// and diagnostics.
 }
 
 /// The rotary embedding of `x` `[batch, heads, seq, head_dim]` (even `head_dim`) with
@@ -60,7 +53,7 @@ pub fn rotate_half<B: Backend>(
                 sc.into_primitive().tensor(),
             );
             if let Some(out) = kernel(&xp, &cp, &sp) {
-                KERNEL_CALLS.with(|c| c.set(c.get() + 1));
+                count_kernel_call();
                 return same_type_back(Tensor::<CpuBackend, 4>::from_primitive(
                     TensorPrimitive::Float(out),
                 ));
