@@ -4,20 +4,14 @@
 //! with f16). A file of its own: the default dtype is per device and per process, and the
 //! other tests need f32.
 
-use std::path::PathBuf;
+mod ssr_common;
 
 use burn::tensor::backend::set_default_float_dtype;
 use burn::tensor::{DType, FloatDType, Tensor};
-use cielr_scene::sam::amg::AmgConfig;
 use cielr_scene::ssr_builder::{BurnSsrBuilder, SsrBuilderOptions};
+use ssr_common::{fixture, keep_every_mask};
 
 type B = cielr_core::backend::CpuBackend;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 #[test]
 fn the_ssr_builder_runs_in_bf16_with_sam_and_sam2() {
@@ -27,14 +21,7 @@ fn the_ssr_builder_runs_in_bf16_with_sam_and_sam2() {
     // Random weights: keep every box and every mask, so masks reach every later step.
     let options = SsrBuilderOptions {
         box_threshold: 0.0,
-        amg: AmgConfig {
-            points_per_side: Some(6),
-            points_per_batch: 16,
-            pred_iou_thresh: 0.0,
-            stability_score_thresh: 0.0,
-            box_nms_thresh: 1.0,
-            ..AmgConfig::default()
-        },
+        amg: keep_every_mask(),
         ..Default::default()
     };
     for sam in ["sam-tiny", "sam2-tiny"] {

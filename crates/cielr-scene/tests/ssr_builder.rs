@@ -8,9 +8,10 @@
 //!   only the new text queries. Semantic quality needs the real checkpoints (docs/scene.md).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+mod ssr_common;
 
 use cielr_core::{BBox, Mask, Scene, SceneBuilder};
 use cielr_scene::depth_anything::DepthMap;
@@ -22,6 +23,7 @@ use cielr_scene::ssr_builder::{
 };
 use cielr_scene::Result;
 use image::{DynamicImage, RgbImage};
+use ssr_common::{fixture, keep_every_mask};
 
 type B = cielr_core::backend::CpuBackend;
 
@@ -328,24 +330,11 @@ fn vocabulary_scan_keeps_labels_above_the_threshold_best_first() {
 
 // ---- the tiny committed checkpoints -----------------------------------------------------
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
 fn tiny_options() -> SsrBuilderOptions {
     SsrBuilderOptions {
         // Random weights: keep every box and every mask so there is something to check.
         box_threshold: 0.0,
-        amg: AmgConfig {
-            points_per_side: Some(6),
-            points_per_batch: 16,
-            pred_iou_thresh: 0.0,
-            stability_score_thresh: 0.0,
-            box_nms_thresh: 1.0,
-            ..AmgConfig::default()
-        },
+        amg: keep_every_mask(),
         vocabulary: strings(&["cup", "table", "lamp", "dog", "sofa", "plant", "book"]),
         scan_threshold: 0.0,
         max_scan_labels: 3,
