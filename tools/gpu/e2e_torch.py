@@ -177,13 +177,10 @@ def run(out, dev, meta):
     rows = {k: {"torch_ms": v, "torch_cold_ms": cold[k]} for k, v in warm.items()}
     rows["e2e-total"] = {"torch_ms": sum(warm.values())}
     rows["e2e-total-cold"] = {"torch_ms": sum(cold.values())}
+    rows["e2e-ssr"]["note"] = f"masks by {seg_kind}"
     if not callable(segment):
         # Without its segmenter torch's SSR (and so its total) is not the same work: no ratio.
         for k in ("e2e-ssr", "e2e-total", "e2e-total-cold"):
             rows[k] = {"torch_ms": None, "note": f"not comparable, torch ran the SSR without a segmenter ({segment})"}
     rows["e2e-load"] = {"torch_ms": load_ms}
-    for m in (owl, depth, llm, sd):
-        del m
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
     return rows, seg_kind
