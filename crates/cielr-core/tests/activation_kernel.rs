@@ -10,6 +10,10 @@ use cielr_core::activation::{
 };
 use cielr_core::backend::CpuBackend as B;
 
+#[path = "support/tensors.rs"]
+mod tensors;
+use tensors::{tensor, values};
+
 /// `n` values spread over `[-amp, amp]` by a Weyl (golden-ratio) sequence: deterministic,
 /// equidistributed, in no particular order.
 fn spread(n: usize, amp: f32, phase: f64) -> Vec<f32> {
@@ -19,17 +23,6 @@ fn spread(n: usize, amp: f32, phase: f64) -> Vec<f32> {
             ((2.0 * u - 1.0) * amp as f64) as f32
         })
         .collect()
-}
-
-fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(data, shape), &Default::default())
-}
-
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 data")
 }
 
 /// The f64 `erf` of each value (libm's, through Burn's flex `erf` on an f64 tensor).

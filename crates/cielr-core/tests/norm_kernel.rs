@@ -6,7 +6,7 @@
 
 use burn::module::Param;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::{DType, FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Tensor};
 use cielr_core::backend::CpuBackend as B;
 use cielr_core::norm::{cpu_kernel_calls, group_norm, group_norm_silu, uses_cpu_kernel};
 
@@ -14,19 +14,12 @@ use cielr_core::norm::{cpu_kernel_calls, group_norm, group_norm_silu, uses_cpu_k
 mod rng;
 use rng::Rng;
 
+#[path = "support/tensors.rs"]
+mod tensors;
+use tensors::{tensor, values};
+
 /// Relative bound (of max |reference|) for every comparison.
 const TOL: f64 = 1e-5;
-
-fn tensor<const D: usize>(data: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(data, shape), &Default::default())
-}
-
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("f32 data")
-}
 
 /// A GroupNorm module; when affine, with random γ around 1 and β around 0 (not Burn's
 /// ones / zeros, so that the affine step is exercised).
