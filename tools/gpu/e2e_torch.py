@@ -31,21 +31,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from devutil import on_device, sync
+
 PROMPT = "a red armchair"  # gpu_check's e2e prompt
 GUIDANCE = 7.5
 
 
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def _timed(dev, fn):
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     with torch.inference_mode():
         fn()
-    _sync(dev)
+    sync(dev)
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -129,11 +126,7 @@ def run(out, dev, meta):
     depth = AutoModelForDepthEstimation.from_pretrained(out / "depth").to(dev).eval()
     lcfg = Qwen2Config.from_json_file(str(out / "llm" / "config.json"))
     torch.manual_seed(0)
-    try:
-        with torch.device(dev):
-            llm = Qwen2ForCausalLM(lcfg).eval()
-    except Exception:
-        llm = Qwen2ForCausalLM(lcfg).to(dev).eval()
+    llm = on_device(dev, lambda: Qwen2ForCausalLM(lcfg)).to(dev).eval()
     sd = StableDiffusionInpaintPipeline.from_pretrained(out / "sd", safety_checker=None, feature_extractor=None,
                                                         requires_safety_checker=False).to(dev)
     sd.set_progress_bar_config(disable=True)

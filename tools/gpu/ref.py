@@ -33,13 +33,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from devutil import on_device, sync
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools" / "parity"))
-
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed_ms(fn, dev, repeats, warmup=2):
@@ -345,14 +342,6 @@ def build_e2e(size, out, dev):
     owl_fx = fixtures / "cielr-scene/tests/fixtures/owlv2-tiny"
     sd_fx = fixtures / "cielr-diffusion/tests/fixtures/sd-inpaint-tiny"
 
-    def on_device(make):
-        # Random init on the accelerator: seconds instead of minutes at full size.
-        try:
-            with torch.device(dev):
-                return make()
-        except Exception:
-            return make()
-
     # OWLv2
     if full:
         ocfg = Owlv2Config(
@@ -365,7 +354,7 @@ def build_e2e(size, out, dev):
         ocfg = tiny_owlv2_config(vocab_size=133)
     seed_all(1)
     d = out / "owlv2"
-    on_device(lambda: Owlv2ForObjectDetection(ocfg)).eval().save_pretrained(d)
+    on_device(dev, lambda: Owlv2ForObjectDetection(ocfg)).eval().save_pretrained(d)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(owl_fx / f, d / f)
     pp = json.loads((owl_fx / "preprocessor_config.json").read_text())
@@ -415,10 +404,10 @@ def build_e2e(size, out, dev):
                               hidden_act="quick_gelu", bos_token_id=tok_vocab - 2, eos_token_id=tok_vocab - 1,
                               pad_token_id=tok_vocab - 1)
     seed_all(3)
-    on_device(lambda: UNet2DConditionModel(**ucfg)).eval().save_pretrained(
+    on_device(dev, lambda: UNet2DConditionModel(**ucfg)).eval().save_pretrained(
         d / "unet", safe_serialization=True, max_shard_size="100GB")
-    on_device(lambda: AutoencoderKL(**vcfg)).eval().save_pretrained(d / "vae", safe_serialization=True)
-    te = on_device(lambda: CLIPTextModel(tcfg)).eval()
+    on_device(dev, lambda: AutoencoderKL(**vcfg)).eval().save_pretrained(d / "vae", safe_serialization=True)
+    te = on_device(dev, lambda: CLIPTextModel(tcfg)).eval()
     te.save_pretrained(d / "text_encoder")
     for f in (d / "text_encoder").glob("*.safetensors"):
         f.unlink()
@@ -492,14 +481,6 @@ def build_sd_inpaint(size, out, dev, repeats):
     n = int(os.environ.get("SD_INPAINT_PX", 512 if full else 64))
     t_repeats = min(repeats, 2 if full else 3)
 
-    def on_device(make):
-        # Random init on the accelerator: seconds instead of minutes at full size.
-        try:
-            with torch.device(dev):
-                return make()
-        except Exception:
-            return make()
-
     tok = CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
                         pad_token="!", model_max_length=77)
     vocab = tok.get_vocab()
@@ -519,11 +500,11 @@ def build_sd_inpaint(size, out, dev, repeats):
                           bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
                           pad_token_id=vocab["!"])
     seed_all(3)
-    unet = on_device(lambda: UNet2DConditionModel(**ucfg)).eval()
+    unet = on_device(dev, lambda: UNet2DConditionModel(**ucfg)).eval()
     perturb(unet, 4)
     vae = dv.random_vae(vcfg, 11, f16_values=False)
     seed_all(5)
-    te = on_device(lambda: CLIPTextModel(tcfg)).eval()
+    te = on_device(dev, lambda: CLIPTextModel(tcfg)).eval()
     perturb(te, 6)
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
