@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 
 fn cielr() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cielr"));
-    c.env_remove("CIELR_LLM").env_remove("CIELR_DEVICE");
+    c.env_remove("CIELR_LLM")
+        .env_remove("CIELR_DEVICE")
+        .env_remove("CIELR_PRECISION");
     c
 }
 
@@ -167,6 +169,7 @@ fn help_documents_the_option_where_models_load() {
         assert!(out.status.success(), "{cmd:?}");
         assert!(
             help.contains("--device <DEVICE>")
+                && help.contains("--precision <TYPE>")
                 && help.contains("--features cuda")
                 && help.contains("classical editor ignore"),
             "{cmd:?}: {help}"
@@ -252,6 +255,79 @@ fn cpu_runs_the_lama_editor_as_before() {
     assert!(input.as_raw() != cpu.as_raw());
 }
 
+/// `--precision bf16` (and `CIELR_PRECISION=f16`): LaMa loads and runs in half on the CPU,
+/// pixels outside the mask stay the input's, and the report records the precision.
+#[test]
+fn half_precision_runs_the_lama_editor() {
+    let dir = scratch("lama-half");
+    let model = root().join("crates/cielr-diffusion/tests/fixtures/lama-tiny");
+    let input = cielr::core::io::load_rgb(&asset("coffee.png")).unwrap();
+    for (name, precision, by_env) in [("bf16", "bf16", false), ("f16", "f16", true)] {
+        let output = dir.join(format!("{name}.png"));
+        let mut c = cielr();
+        c.arg("edit")
+            .arg(asset("coffee.png"))
+            .arg(INSTRUCTION)
+            .arg("--scene")
+            .arg(asset("coffee.ssr.json"))
+            .arg("--llm")
+            .arg(scripted())
+            .arg("-o")
+            .arg(&output)
+            .args(["--editor", "lama", "--lama-model"])
+            .arg(&model);
+        if by_env {
+            c.env("CIELR_PRECISION", precision);
+        } else {
+            c.args(["--precision", precision]);
+        }
+        let out = c.output().unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{precision}: {err}");
+        assert!(
+            err.contains(&format!("the models on cpu load and run in {precision}")),
+            "{err}"
+        );
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{name}.report.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["components"]["precision"], precision);
+        let edited = cielr::core::io::load_rgb(&output).unwrap();
+        assert!(
+            edited.as_raw() != input.as_raw(),
+            "{precision}: nothing changed"
+        );
+        // Every pixel outside the report's edit masks is the input's.
+        let (w, h) = input.dimensions();
+        let mut union = cielr::core::Mask::new(w, h).unwrap();
+        for m in report["edit_masks"].as_array().unwrap() {
+            let rle: cielr::core::CocoRle = serde_json::from_value(m["mask"].clone()).unwrap();
+            union = union
+                .union(&cielr::core::Mask::from_coco(&rle).unwrap())
+                .unwrap();
+        }
+        for (x, y, p) in input.enumerate_pixels() {
+            if !union.get(x, y) {
+                assert_eq!(edited.get_pixel(x, y), p, "{precision}: ({x}, {y})");
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_precisions_are_usage_errors() {
+    let args = &each_command()[0];
+    let out = cielr()
+        .args(args)
+        .args(["--precision", "f64"])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("[possible values: f32, bf16, f16]"), "{err}");
+}
+
 /// A HuggingFace folder the local loader takes, from cielr-planner's tiny random fixtures: the
 /// Qwen2 model (256 embeddings; its context raised, as RoPE allows, for byte-level prompts)
 /// and the tiny byte-level BPE tokenizer cut to the model's 256 ids, without merges.
@@ -296,6 +372,19 @@ fn cpu_runs_a_local_language_model_as_before() {
     ];
     let (stdout, err) = same_with_and_without_cpu(&args);
     assert!(err.contains("[llm] loading"), "{err}");
+    // The same model in bf16 answers every question too.
+    let half = cielr()
+        .args(&args)
+        .args(["--precision", "bf16"])
+        .output()
+        .unwrap();
+    assert!(half.status.success(), "{}", stderr(&half));
+    let plan: serde_json::Value = serde_json::from_slice(&half.stdout).unwrap();
+    let trace = plan["trace"].as_array().unwrap();
+    assert!(
+        trace.len() >= 3 && trace.iter().all(|t| t.get("answer").is_some()),
+        "{plan}"
+    );
     let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     // The random model answered every question the planner asked.
     let trace = plan["trace"].as_array().unwrap();

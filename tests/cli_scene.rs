@@ -426,3 +426,29 @@ fn scene_on_device_cpu_is_the_same_as_without_the_option() {
     let scene = Scene::from_json(&cpu).unwrap();
     assert!(!scene.objects.is_empty(), "{cpu}");
 }
+
+/// `--precision bf16|f16`: the paper's builder (tiny OWLv2, SAM, Depth Anything) loads and
+/// runs in half on the CPU and writes a valid SSR with objects.
+#[test]
+fn scene_in_half_precision() {
+    let dir = scratch("half");
+    for precision in ["bf16", "f16"] {
+        let json = dir.join(format!("{precision}.json"));
+        let mut c = cielr();
+        c.arg("scene").arg(fixture("sam-tiny/image.png"));
+        tiny_models(&mut c)
+            .args(["--queries", "cup,table", "--precision", precision, "--out"])
+            .arg(&json);
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        ok(&out);
+        assert!(err.contains(&format!("run in {precision}")), "{err}");
+        let scene = Scene::load(&json).unwrap();
+        scene.validate().unwrap();
+        assert!(!scene.objects.is_empty(), "{precision}");
+        assert!(scene
+            .objects
+            .iter()
+            .all(|o| o.mask.is_some() && o.depth.is_some()));
+    }
+}

@@ -214,3 +214,51 @@ fn eval_runs_resumes_and_shards() {
     assert!(!ok && stderr.contains("0 <= i < n"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--precision` with `--device cpu` would put LPIPS and CLIPScore in half too: refused
+/// before any model loads. A half precision is one of a run's settings, so resuming in f32
+/// is refused.
+#[test]
+fn eval_keeps_metrics_in_f32_and_records_a_half_precision() {
+    let dir = tempdir("precision");
+    let data = dir.join("bench");
+    build_set(&data);
+    let out = dir.join("out");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let base = [
+        "eval",
+        "ciebench",
+        d,
+        "--stage",
+        "edit",
+        "--oracle-masks",
+        "--editor",
+        "classical",
+        "--out",
+        o,
+    ];
+    let (ok, _, stderr) =
+        cielr(&[&base[..], &["--precision", "bf16", "--lpips-weights", "x"]].concat());
+    assert!(
+        !ok && stderr.contains("the metrics are defined in f32"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--device cuda --precision bf16"),
+        "{stderr}"
+    );
+    assert!(!out.join("run.json").exists());
+
+    let (ok, _, stderr) = cielr(&[&base[..], &["--precision", "bf16"]].concat());
+    assert!(ok, "{stderr}");
+    let run = std::fs::read_to_string(out.join("run.json")).unwrap();
+    assert!(
+        run.contains("\"precision\"") && run.contains("bf16"),
+        "{run}"
+    );
+    let (ok, _, stderr) = cielr(&base);
+    assert!(
+        !ok && stderr.contains("holds a run with other settings"),
+        "{stderr}"
+    );
+}

@@ -1,15 +1,19 @@
-//! `--device cpu|cuda[:N]`: where a command's Burn models run.
+//! `--device cpu|cuda[:N]`: where a command's Burn models run; `--precision f32|bf16|f16`:
+//! the float type they run in.
 //!
 //! The option is parsed into a [`DeviceSpec`] (syntax only, so every build can test it), which
 //! the clap value parser also refuses when it names CUDA in a build without the `cuda`
 //! feature (a usage error, exit code 2). At run time [`DeviceSpec::open`] checks that the
 //! device is usable and gives a [`ModelDevice`]; the `on_device!` macro then runs one generic
 //! model builder on the matching Burn backend, so no builder is written once per backend.
+//! [`DeviceArgs::open`] also sets the device's default float dtype ([`Precision`]) before any
+//! model exists on it, so every checkpoint loads, and every op runs, in that dtype.
 
 use std::fmt;
 use std::str::FromStr;
 
-use clap::Args;
+use burn::tensor::FloatDType;
+use clap::{Args, ValueEnum};
 
 /// What `--device cuda` says in a build without the `cuda` feature.
 pub const NO_CUDA_BUILD: &str = "this cielr was built without CUDA support; rebuild it with \
@@ -88,12 +92,88 @@ pub struct DeviceArgs {
         env = "CIELR_DEVICE"
     )]
     pub device: DeviceSpec,
+    /// The float type the Burn models load their weights in and compute with: `f32` (the
+    /// default; what the parity tests check), `bf16` (f32's range in half the memory; needs
+    /// an Ampere or newer GPU) or `f16` (finer than bf16, but values beyond ±65504 overflow:
+    /// a model whose output overflows stops with an error that says so). Half precision is
+    /// for GPUs; on the CPU it works but runs slower than f32. It applies to the models
+    /// --device applies to.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "TYPE",
+        default_value_t = Precision::F32,
+        env = "CIELR_PRECISION"
+    )]
+    pub precision: Precision,
 }
 
 impl DeviceArgs {
-    /// The device, checked to be usable in this process (see [`DeviceSpec::open`]).
+    /// The device, checked to be usable in this process (see [`DeviceSpec::open`]), with its
+    /// default float dtype set to `--precision` (before any tensor exists on it).
     pub fn open(&self) -> anyhow::Result<ModelDevice> {
-        self.device.open()
+        let device = self.device.open()?;
+        self.precision.apply(&device)?;
+        if self.precision != Precision::F32 {
+            eprintln!(
+                "[device] the models on {device} load and run in {}",
+                self.precision
+            );
+        }
+        Ok(device)
+    }
+}
+
+/// The float type of the Burn models (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16: 8 exponent bits like f32, 8 mantissa bits.
+    Bf16,
+    /// IEEE half: 5 exponent bits (largest value 65504), 11 mantissa bits.
+    F16,
+}
+
+impl Precision {
+    /// The Burn dtype, `None` for f32 (Burn's default).
+    pub fn dtype(self) -> Option<FloatDType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(FloatDType::BF16),
+            Precision::F16 => Some(FloatDType::F16),
+        }
+    }
+
+    /// Makes this the default float dtype of `device`. Must run before any tensor exists on
+    /// it (Burn locks a device's defaults at its first tensor).
+    fn apply(self, device: &ModelDevice) -> anyhow::Result<()> {
+        let Some(dtype) = self.dtype() else {
+            return Ok(());
+        };
+        let set = on_device!(device, |B, dev| {
+            burn::tensor::backend::set_default_float_dtype::<B>(dev, dtype)
+        });
+        set.map_err(|e| match e {
+            burn::tensor::backend::DeviceError::UnsupportedDType { .. } => anyhow::anyhow!(
+                "--precision {self}: {device} does not compute in {self} (bf16 needs an \
+                 NVIDIA GPU of compute capability 8.0 or newer); use --precision f16 or f32"
+            ),
+            other => anyhow::anyhow!(
+                "--precision {self}: the float type of {device} could not be set ({other}); \
+                 this is a bug in cielr, please report it"
+            ),
+        })
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
     }
 }
 

@@ -305,6 +305,7 @@ pub fn run(a: EditArgs) -> anyhow::Result<()> {
         ("language_model".to_string(), model.name()),
         ("editor".to_string(), editor.name()),
         ("device".to_string(), device.to_string()),
+        ("precision".to_string(), a.device.precision.to_string()),
     ]);
     let report_path = sibling(&a.output, ".report.json");
     let mut report = out.report(&a.instruction, &components);

@@ -17,7 +17,7 @@ use cielr::eval::runner::{
 use cielr::planner::openai::{OpenAiCompatible, OpenAiConfig};
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::device::{DeviceArgs, ModelDevice};
+use super::device::{DeviceArgs, DeviceSpec, ModelDevice, Precision};
 use super::edit::{default_scene_builder, editor, EditorArgs};
 use super::scene::SceneModelArgs;
 use super::{models, ReasoningArgs};
@@ -213,11 +213,28 @@ fn run_dataset(ds: Dataset, a: RunArgs) -> anyhow::Result<()> {
     if ds.entries.is_empty() {
         bail!("the dataset {} has no samples", ds.root.display());
     }
+    // LPIPS and CLIPScore run on the CPU in the CPU's default float type, which --precision
+    // would change with --device cpu: the metrics are defined in f32.
+    let half_on_cpu = a.device.device == DeviceSpec::Cpu && a.device.precision != Precision::F32;
+    if half_on_cpu && (a.lpips_weights.is_some() || a.clip_model.is_some()) {
+        bail!(
+            "--precision {} with --device cpu would compute LPIPS and CLIPScore in {0} too, and \
+             the metrics are defined in f32: use --precision f32 on the CPU, or run the models \
+             on a GPU (--device cuda --precision {0})",
+            a.device.precision
+        );
+    }
     // The device is left out of the run's components: they must match to resume, and a run
-    // may be resumed (or its shards run) on another device.
+    // may be resumed (or its shards run) on another device. A half precision is kept in: it
+    // changes the outputs more than a device does.
     let device = a.device.open()?;
 
     let mut components = Components::default();
+    if a.device.precision != Precision::F32 {
+        components
+            .extra_names
+            .insert("precision".into(), a.device.precision.to_string());
+    }
     if stage != Stage::Edit {
         let every_sample_has_ssr = ds
             .entries

@@ -23,6 +23,68 @@ pub fn read_f32<B: burn::tensor::backend::Backend, const D: usize>(
     t.into_data().convert::<f32>().into_vec::<f32>()
 }
 
+/// Why a model output could not be read back as usable `f32` values
+/// ([`read_finite_f32`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadBackError {
+    /// The tensor's data could not be converted to `f32`.
+    #[error("reading {what} back from the device failed: {reason}")]
+    Data {
+        /// What was read ("the depth map", "the LLM's logits", ...).
+        what: String,
+        /// Burn's description of the failure.
+        reason: String,
+    },
+    /// Some values are NaN or infinite: the model overflowed (most often in f16) or its
+    /// weights or inputs hold such values. Using them would give silently wrong masks,
+    /// pixels or tokens.
+    #[error(
+        "{what} holds {count} NaN or infinite value(s) out of {total} (computed in {dtype:?}); {hint}"
+    )]
+    NonFinite {
+        /// What was read.
+        what: String,
+        /// How many values are NaN or infinite.
+        count: usize,
+        /// How many values the tensor holds.
+        total: usize,
+        /// The dtype the model computed in.
+        dtype: burn::tensor::DType,
+        /// What to do about it.
+        hint: &'static str,
+    },
+}
+
+/// [`read_f32`], then a check that every value is finite: the read-back every model output
+/// goes through before it becomes masks, pixels, depths or tokens. `what` names the output in
+/// the error.
+pub fn read_finite_f32<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+    what: &str,
+) -> Result<Vec<f32>, ReadBackError> {
+    let dtype = t.dtype();
+    let values = read_f32(t).map_err(|e| ReadBackError::Data {
+        what: what.to_string(),
+        reason: format!("{e:?}"),
+    })?;
+    let count = values.iter().filter(|v| !v.is_finite()).count();
+    if count == 0 {
+        return Ok(values);
+    }
+    let hint = if dtype == burn::tensor::DType::F16 {
+        "f16 overflows beyond ±65504: run in bf16 (same range as f32) or f32, e.g. `--precision bf16`"
+    } else {
+        "check the weights and inputs for NaN or infinite values"
+    };
+    Err(ReadBackError::NonFinite {
+        what: what.to_string(),
+        count,
+        total: values.len(),
+        dtype,
+        hint,
+    })
+}
+
 /// What compute is usable in this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accelerator {
@@ -98,6 +160,43 @@ mod tests {
         let t = Tensor::<super::CpuBackend, 1>::from_floats([1.0, 2.0, 3.0], &device);
         let s: f32 = t.sum().into_scalar();
         assert_eq!(s, 6.0);
+    }
+
+    #[test]
+    fn read_finite_f32_refuses_nan_and_infinity_and_names_the_output() {
+        use burn::tensor::{FloatDType, Tensor};
+        let device = Default::default();
+        let ok = Tensor::<super::CpuBackend, 1>::from_floats([0.5, -1.0], &device);
+        assert_eq!(super::read_finite_f32(ok, "x").unwrap(), vec![0.5, -1.0]);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let t = Tensor::<super::CpuBackend, 1>::from_floats([1.0, bad, 2.0], &device);
+            let err = super::read_finite_f32(t, "the depth map").unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(
+                    err,
+                    super::ReadBackError::NonFinite {
+                        count: 1,
+                        total: 3,
+                        ..
+                    }
+                ),
+                "{msg}"
+            );
+            assert!(msg.starts_with("the depth map holds 1 NaN"), "{msg}");
+            assert!(msg.contains("weights and inputs"), "{msg}");
+        }
+        // An f16 overflow: 70000 is beyond f16's range, so the cast gives infinity, and the
+        // hint says to use bf16 or f32.
+        let t = Tensor::<super::CpuBackend, 1>::from_floats([70000.0, 1.0], &device)
+            .cast(FloatDType::F16);
+        let msg = super::read_finite_f32(t, "the image")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("F16") && msg.contains("--precision bf16"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -113,6 +113,10 @@ pub enum DiffusionError {
         /// What is wrong with its shape.
         message: String,
     },
+    /// A model's output could not be used: NaN or infinite values (an f16 overflow, or bad
+    /// weights), or a failed read-back.
+    #[error(transparent)]
+    ModelOutput(#[from] cielr_core::backend::ReadBackError),
     /// A scheduler was used out of order (no `set_timesteps`, a timestep not in the schedule,
     /// stepping past the end, no noise left to inject).
     #[error("scheduler: {0}")]

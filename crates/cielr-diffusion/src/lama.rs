@@ -915,8 +915,7 @@ impl<B: Backend> LamaInpainter<B> {
         let img = Tensor::<B, 4>::from_data(TensorData::new(px, [1, 3, h, w]), &self.device);
         let msk = Tensor::<B, 4>::from_data(TensorData::new(mk, [1, 1, h, w]), &self.device);
         let out = self.predict(img, msk)?;
-        let v = cielr_core::backend::read_f32(out)
-            .map_err(|e| DiffusionError::input_shape("LaMa output", format!("{e:?}")))?;
+        let v = cielr_core::backend::read_finite_f32(out, "LaMa's output")?;
         let mut result = image.clone();
         for (x, y) in mask.pixels() {
             let i = y as usize * w + x as usize;

@@ -454,7 +454,7 @@ pub fn tensor_to_rgb<B: Backend>(image: &Tensor<B, 4>) -> Result<RgbImage> {
             format!("must be [1, 3, H, W], got {:?}", image.dims()),
         ));
     }
-    let data: Vec<f32> = image.to_data().iter::<f32>().collect();
+    let data = cielr_core::backend::read_finite_f32(image.clone(), "the decoded image")?;
     Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let at = |ch: usize| {
             let v = data[ch * w * h + y as usize * w + x as usize];
@@ -478,6 +478,20 @@ mod tests {
         let v: Vec<f32> = t.to_data().iter::<f32>().collect();
         assert_eq!(v[1], 1.0);
         assert_eq!(v.iter().sum::<f32>(), 1.0);
+    }
+
+    #[test]
+    fn a_non_finite_image_is_an_error_not_black_pixels() {
+        let img = RgbImage::from_pixel(4, 2, Rgb([10, 20, 30]));
+        let t = rgb_to_tensor::<B>(&img, &Default::default());
+        let nan = t.clone().mask_fill(t.clone().greater_elem(-2.0), f32::NAN);
+        let err = tensor_to_rgb(&nan).unwrap_err();
+        assert!(matches!(err, DiffusionError::ModelOutput(_)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the decoded image holds 24 NaN"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1341,8 +1341,8 @@ impl<B: Backend> Llama<B> {
         let h = self.forward_hidden(self.token_tensor(tokens)?, cache)?;
         let [_, s, d] = h.dims();
         let last = h.narrow(1, s - 1, 1).reshape([1, d]);
-        cielr_core::backend::read_f32(self.logits(last))
-            .map_err(|e| model_err(format!("reading logits: {e:?}")))
+        cielr_core::backend::read_finite_f32(self.logits(last), "the language model's logits")
+            .map_err(|e| model_err(e.to_string()))
     }
 }
 
@@ -1421,8 +1421,9 @@ impl<B: Backend> Llama<B> {
     fn last_logits_rows(&self, h: Tensor<B, 3>) -> Result<Vec<Vec<f32>>> {
         let [b, s, d] = h.dims();
         let last = h.narrow(1, s - 1, 1).reshape([b, d]);
-        let flat = cielr_core::backend::read_f32(self.logits(last))
-            .map_err(|e| model_err(format!("reading logits: {e:?}")))?;
+        let flat =
+            cielr_core::backend::read_finite_f32(self.logits(last), "the language model's logits")
+                .map_err(|e| model_err(e.to_string()))?;
         Ok(flat
             .chunks_exact(self.config.vocab_size)
             .map(<[f32]>::to_vec)

@@ -448,8 +448,7 @@ impl<B: Backend> CenterNet<B> {
             ));
         }
         let read = |t: Tensor<B, 4>| -> Result<Vec<f32>> {
-            cielr_core::backend::read_f32(t)
-                .map_err(|e| SceneError::config("CenterNet", format!("reading an output: {e:?}")))
+            cielr_core::backend::read_finite_f32(t, "CenterNet's output").map_err(Into::into)
         };
         Ok(RawOutput {
             height: h,

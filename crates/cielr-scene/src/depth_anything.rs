@@ -1026,8 +1026,7 @@ impl<B: Backend> DepthAnything<B> {
         );
         let depth = self.model.forward(input)?;
         let [_, h, w] = depth.dims();
-        let values = cielr_core::backend::read_f32(depth)
-            .map_err(|e| SceneError::InvalidInput(format!("depth readback: {e:?}")))?;
+        let values = cielr_core::backend::read_finite_f32(depth, "Depth Anything's depth map")?;
         self.processor.post_process(
             &values,
             h,

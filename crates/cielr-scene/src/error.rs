@@ -68,6 +68,10 @@ pub enum SceneError {
     /// The caller's input does not fit the model (shape, token ids, image size).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A model's output could not be used: NaN or infinite values (an f16 overflow, or bad
+    /// weights), or a failed read-back.
+    #[error(transparent)]
+    ModelOutput(#[from] cielr_core::backend::ReadBackError),
     /// An image could not be decoded.
     #[error("image error ({context}): {source}")]
     Image {

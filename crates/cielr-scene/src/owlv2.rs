@@ -38,6 +38,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use cielr_core::activation::gelu;
+use cielr_core::backend::read_finite_f32;
 use image::DynamicImage;
 use serde_json::{json, Map, Value};
 
@@ -939,7 +940,7 @@ impl<B: Backend> Owlv2Detector<B> {
                 batch.input_ids(&self.device),
                 batch.attention_mask(&self.device),
             )?;
-            let values: Vec<f32> = embeds.into_data().iter::<f32>().collect();
+            let values = read_finite_f32(embeds, "OWLv2's query embeddings")?;
             for (q, row) in missing.iter().zip(values.chunks_exact(self.dim)) {
                 cache.insert((*q).to_string(), row.to_vec());
             }
@@ -991,18 +992,10 @@ impl<B: Backend> Owlv2Detector<B> {
             return Ok(Vec::new());
         }
         let q = queries.len();
-        let logits: Vec<f32> = self
-            .logits(image, queries)?
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let boxes: Vec<f32> = image.pred_boxes.clone().into_data().iter::<f32>().collect();
-        let objectness: Vec<f32> = image
-            .objectness_logits
-            .clone()
-            .into_data()
-            .iter::<f32>()
-            .collect();
+        let logits = read_finite_f32(self.logits(image, queries)?, "OWLv2's class logits")?;
+        let boxes = read_finite_f32(image.pred_boxes.clone(), "OWLv2's boxes")?;
+        let objectness =
+            read_finite_f32(image.objectness_logits.clone(), "OWLv2's objectness logits")?;
         let side = image.padded_side as f32;
         let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
         let mut out = Vec::new();

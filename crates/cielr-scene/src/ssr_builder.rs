@@ -333,12 +333,10 @@ where
         }
         let q: Vec<&str> = queries.iter().map(String::as_str).collect();
         let embeds = self.embed_queries(&q)?;
-        let best: Vec<f32> = self
-            .logits(image, &embeds)?
-            .max_dim(0)
-            .into_data()
-            .iter::<f32>()
-            .collect();
+        let best = cielr_core::backend::read_finite_f32(
+            self.logits(image, &embeds)?.max_dim(0),
+            "OWLv2's class logits",
+        )?;
         Ok(best.into_iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect())
     }
 }

@@ -481,8 +481,7 @@ impl<B: Backend> AmgModel for SamModel<B> {
 }
 
 fn read_sam<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    cielr_core::backend::read_f32(t)
-        .map_err(|e| SceneError::InvalidInput(format!("reading SAM outputs: {e:?}")))
+    cielr_core::backend::read_finite_f32(t, "SAM's outputs").map_err(Into::into)
 }
 
 /// The automatic mask generator over a loaded model (SAM or SAM 2.1, see [`AmgModel`]).

@@ -361,8 +361,7 @@ pub(crate) fn logits_to_masks<B: Backend>(
     logits: Tensor<B, 4>,
 ) -> Result<Vec<Vec<cielr_core::mask::Mask>>> {
     let [n, m, h, w] = logits.dims();
-    let data = cielr_core::backend::read_f32(logits)
-        .map_err(|e| SceneError::InvalidInput(format!("reading mask logits: {e:?}")))?;
+    let data = cielr_core::backend::read_finite_f32(logits, "SAM's mask logits")?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let mut row = Vec::with_capacity(m);

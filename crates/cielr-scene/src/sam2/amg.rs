@@ -23,7 +23,7 @@ use burn::tensor::{Tensor, TensorData};
 use image::DynamicImage;
 
 use super::{Sam2EncodedPrompts, Sam2ImageEmbedding, Sam2Model, Sam2Processor};
-use crate::error::{Result, SceneError};
+use crate::error::Result;
 use crate::sam::amg::{components, AmgConfig, AmgModel, AutomaticMaskGenerator, PointMasks};
 
 /// Settings of the SAM 2 generator: SAM 1's [`AmgConfig`] plus `sam2`'s additions.
@@ -105,8 +105,7 @@ fn fill_holes_and_sprinkles(plane: &mut [f32], w: usize, h: usize, area: usize, 
 }
 
 fn read<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    cielr_core::backend::read_f32(t)
-        .map_err(|e| SceneError::InvalidInput(format!("reading SAM 2 outputs: {e:?}")))
+    cielr_core::backend::read_finite_f32(t, "SAM 2's outputs").map_err(Into::into)
 }
 
 /// `SAM2AutomaticMaskGenerator` over a loaded [`Sam2Model`].

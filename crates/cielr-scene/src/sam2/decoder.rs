@@ -354,10 +354,8 @@ impl<B: Backend> Sam2MaskDecoder<B> {
     ) -> Result<(Tensor<B, 4>, Tensor<B, 2>)> {
         let [n, m, h, w] = masks.dims();
         let device = masks.device();
-        let md = cielr_core::backend::read_f32(masks)
-            .map_err(|e| SceneError::InvalidInput(format!("reading decoder output: {e:?}")))?;
-        let io = cielr_core::backend::read_f32(iou)
-            .map_err(|e| SceneError::InvalidInput(format!("reading decoder output: {e:?}")))?;
+        let md = cielr_core::backend::read_finite_f32(masks, "SAM 2's mask logits")?;
+        let io = cielr_core::backend::read_finite_f32(iou, "SAM 2's IoU predictions")?;
         let hw = h * w;
         let mut out_m = Vec::with_capacity(n * hw);
         let mut out_i = Vec::with_capacity(n);
