@@ -96,12 +96,68 @@ pub fn attention<B: Backend>(
     options: AttentionModuleOptions,
 ) -> Tensor<B, 4> {
     if !uses_cpu_kernel::<B>(q.dtype(), &options) {
+        let (q, options) = if crate::backend::is_cpu_backend::<B>() {
+            (q, options)
+        } else {
+            let plain = mask.is_none() && bias.is_none();
+            route_for_gpu(q, k.dims()[2], plain, options, gpu_flash_allowed())
+        };
         return burn::tensor::module::attention(q, k, v, mask, bias, options);
     }
     match same_type::<_, FlexArgs>((q, k, v, mask, bias)) {
         Ok((q, k, v, mask, bias)) => same_type_back(flex_attention(q, k, v, mask, bias, options)),
         Err((q, k, v, mask, bias)) => burn::tensor::module::attention(q, k, v, mask, bias, options),
     }
+}
+
+/// Whether GPU backends may run Burn's flash attention kernels (see [`route_for_gpu`]):
+/// yes unless the environment variable `CIELR_GPU_ATTENTION` is `fallback`, which keeps every
+/// call on Burn's naive (score-materialising) attention, for comparing the two.
+fn gpu_flash_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        std::env::var("CIELR_GPU_ATTENTION").map_or(true, |v| !v.eq_ignore_ascii_case("fallback"))
+    })
+}
+
+/// Burn's GPU attention (burn-cubecl, autotuned) chooses between its naive fallback and
+/// flash kernels only for calls without an explicit `scale`, bias or softcap; any of those
+/// pins the fallback. The flash kernels differ from Burn's documented semantics in two ways:
+/// `is_causal` is aligned at the top-left corner (key `j` hidden from query `i` when `j > i`,
+/// wrong for `seq_kv > seq_q`), and a row whose keys are all masked out is not guaranteed to
+/// be zeros. So:
+/// - a `plain` call (no mask, no bias) without softcap, not causal or causal with as many
+///   keys as queries (where both alignments agree), when `flash` is allowed, drops its
+///   explicit scale: folded into `q` as `q · scale·√d` when it is not the default `1/√d`, so
+///   the scores are unchanged and autotune may pick a flash kernel;
+/// - every other call gets an explicit scale (the default when it had none), which keeps
+///   it on the fallback, whose semantics are ours.
+fn route_for_gpu<B: Backend>(
+    q: Tensor<B, 4>,
+    seq_kv: usize,
+    plain: bool,
+    options: AttentionModuleOptions,
+    flash: bool,
+) -> (Tensor<B, 4>, AttentionModuleOptions) {
+    let [_, _, seq_q, d] = q.dims();
+    let d = d.max(1) as f64;
+    let default_scale = 1.0 / d.sqrt();
+    let causal_agrees = !options.is_causal || seq_q == seq_kv;
+    if flash && plain && causal_agrees && options.softcap.is_none() {
+        let q = match options.scale {
+            Some(s) if (s - default_scale).abs() > 1e-12 * default_scale => q * (s * d.sqrt()),
+            _ => q,
+        };
+        return (
+            q,
+            AttentionModuleOptions {
+                scale: None,
+                ..options
+            },
+        );
+    }
+    let scale = Some(options.scale.unwrap_or(default_scale));
+    (q, AttentionModuleOptions { scale, ..options })
 }
 
 /// The flex path: our kernel when the tensors are as expected, Burn's attention otherwise.
@@ -768,5 +824,79 @@ pub(crate) fn exp_lane(x: f32) -> f32 {
         f32::INFINITY
     } else {
         y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    type B = CpuBackend;
+
+    fn qkv(d: usize) -> [Tensor<B, 4>; 3] {
+        let device = Default::default();
+        let t = || Tensor::<B, 4>::random([1, 2, 5, d], Distribution::Normal(0.0, 1.0), &device);
+        [t(), t(), t()]
+    }
+
+    fn max_diff(a: Tensor<B, 4>, b: Tensor<B, 4>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn gpu_routing_folds_a_custom_scale_into_the_query_for_flash() {
+        let [q, k, v] = qkv(12);
+        let options = AttentionModuleOptions {
+            scale: Some(1.0),
+            ..Default::default()
+        };
+        let want =
+            burn::tensor::module::attention(q.clone(), k.clone(), v.clone(), None, None, options);
+        let (q2, routed) = route_for_gpu(q.clone(), 5, true, options, true);
+        assert_eq!(routed.scale, None);
+        let got = burn::tensor::module::attention(q2, k, v, None, None, routed);
+        assert!(max_diff(want, got) < 1e-5);
+        // The default scale is dropped and the query left as it is.
+        let default = AttentionModuleOptions {
+            scale: Some(1.0 / 12f64.sqrt()),
+            ..Default::default()
+        };
+        let (q3, routed) = route_for_gpu(q.clone(), 5, true, default, true);
+        assert_eq!(routed.scale, None);
+        assert_eq!(max_diff(q, q3), 0.0);
+    }
+
+    #[test]
+    fn gpu_routing_keeps_masked_causal_and_opted_out_calls_on_the_fallback() {
+        let [q, _, _] = qkv(16);
+        let causal = AttentionModuleOptions {
+            is_causal: true,
+            ..Default::default()
+        };
+        let default_scale = Some(0.25);
+        // 5 queries: causal with 7 keys differs between the two alignments.
+        for (plain, options, flash) in [
+            (false, AttentionModuleOptions::default(), true),
+            (true, causal, true),
+            (true, AttentionModuleOptions::default(), false),
+        ] {
+            let (q2, routed) = route_for_gpu(q.clone(), 7, plain, options, flash);
+            assert_eq!(routed.scale, default_scale, "{plain} {options:?} {flash}");
+            assert_eq!(routed.is_causal, options.is_causal);
+            assert_eq!(max_diff(q.clone(), q2), 0.0);
+        }
+        // An explicit scale is kept as given.
+        let custom = AttentionModuleOptions {
+            scale: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            route_for_gpu(q.clone(), 5, false, custom, true).1.scale,
+            Some(0.5)
+        );
+        // Causal with as many keys as queries: both alignments agree, so flash may run it.
+        let (_, routed) = route_for_gpu(q, 5, true, causal, true);
+        assert_eq!((routed.scale, routed.is_causal), (None, true));
     }
 }
