@@ -3,7 +3,7 @@
 //! reference outputs and times it.
 //!
 //! ```text
-//! gpu_check MODEL DIR [--device cpu|cuda] [--repeats N] [--precision f32|f16|bf16]
+//! gpu_check MODEL DIR [--device cpu|cuda|wgpu] [--repeats N] [--precision f32|f16|bf16]
 //!     [--sd-attention auto|fused|sliced|off]
 //! ```
 //!
@@ -652,7 +652,7 @@ fn main() {
 
 fn real_main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: gpu_check MODEL DIR [--device cpu|cuda] [--repeats N] \
+    let usage = "usage: gpu_check MODEL DIR [--device cpu|cuda|wgpu] [--repeats N] \
                  [--precision f32|f16|bf16] [--sd-attention auto|fused|sliced|off]";
     let (mut device, mut repeats, mut precision, mut pos) =
         ("cpu".to_string(), 5usize, "f32".to_string(), Vec::new());
@@ -708,6 +708,7 @@ fn real_main() -> Res<()> {
             run::<B>(model, &case, &dev, repeats)?
         }
         "cuda" => run_cuda(model, &case, repeats, dtype)?,
+        "wgpu" => run_wgpu(model, &case, repeats, dtype)?,
         other => return Err(format!("unknown device `{other}` ({usage})").into()),
     };
     let mut json = Vec::new();
@@ -782,6 +783,21 @@ fn run_cuda(model: &str, case: &Case, repeats: usize, dtype: Option<FloatDType>)
             Err(format!("--device cuda: CUDA is not usable here ({reason})").into())
         }
     }
+}
+
+/// Burn's wgpu backend (feature `wgpu-check`): the GPU code path (CubeCL kernels, autotune,
+/// fusion, `cielr_core::attention`'s GPU routing) on any Vulkan device, lavapipe included.
+#[cfg(feature = "wgpu-check")]
+fn run_wgpu(model: &str, case: &Case, repeats: usize, dtype: Option<FloatDType>) -> Res<Vec<Row>> {
+    type B = burn::backend::Wgpu;
+    let dev = burn::backend::wgpu::WgpuDevice::default();
+    set_float_dtype::<B>(&dev, dtype)?;
+    run::<B>(model, case, &dev, repeats)
+}
+
+#[cfg(not(feature = "wgpu-check"))]
+fn run_wgpu(_: &str, _: &Case, _: usize, _: Option<FloatDType>) -> Res<Vec<Row>> {
+    Err("--device wgpu: this binary was built without the `wgpu-check` feature".into())
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -20,7 +20,9 @@
 #   target/gpu-carry/lama-src if present, see tools/gpu/prepare.sh), MODEL_TIMEOUT (seconds per
 #   model and side, default 300), OURS_ARGS (extra arguments for every run of ours, e.g.
 #   `--sd-attention fused` to time Burn's fused attention in the SD rows on CUDA), E2E_TORCH=0
-#   (e2e: skip the torch edit), E2E_SEGMENTER=sam2 (e2e: SAM 2.1 hiera-large as the segmenter).
+#   (e2e: skip the torch edit), E2E_SEGMENTER=sam2 (e2e: SAM 2.1 hiera-large as the segmenter),
+#   OURS_DEVICE (our side's device when it differs from torch's: `wgpu` with a binary built with
+#   `--features wgpu-check`, the rehearsal of the GPU code path on the CPU; see the README).
 # Exit status: 0 when every model ran and every f32 row is within tolerance, 1 otherwise.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -82,10 +84,11 @@ export PYTHONUNBUFFERED=1
 # On a shared CPU, OpenMP's spinning workers make torch's timings erratic.
 [ "$device" = cpu ] && export OMP_WAIT_POLICY=PASSIVE
 tmo="${MODEL_TIMEOUT:-300}"
+ours_device="${OURS_DEVICE:-$device}"
 mkdir -p "$out"
 echo "== gpu check: device $device, size $size, models: $models, repeats $repeats"
 echo "== python $("$PYTHON" -c 'import torch, sys; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())')"
-echo "== ours $bin ($(du -h "$bin" | cut -f1))"
+echo "== ours $bin ($(du -h "$bin" | cut -f1)) on $ours_device"
 [ "$device" = cuda ] && command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 start=$SECONDS
 dirs=()
@@ -102,7 +105,7 @@ for m in $models; do
     fi
     grep '^\[torch\]' "$d/torch.log"
     echo "== $m: ours"
-    if ! timeout "$tmo" "$bin" "$m" "$d" --device "$device" --repeats "$repeats" ${OURS_ARGS:-} > "$d/ours.log" 2>&1; then
+    if ! timeout "$tmo" "$bin" "$m" "$d" --device "$ours_device" --repeats "$repeats" ${OURS_ARGS:-} > "$d/ours.log" 2>&1; then
         echo "ours failed (see $d/ours.log):"; tail -5 "$d/ours.log"
         echo "ours failed: $(tail -1 "$d/ours.log")" > "$d/failed"
         continue
@@ -114,7 +117,7 @@ for m in $models; do
     # to pick (f16 random weights at full size may overflow, which only says so).
     mhalf="$halfp"; [ "$m" = e2e ] && mhalf=bf16
     if [ "$half" = 1 ]; then
-        if timeout "$tmo" "$bin" "$m" "$d" --device "$device" --repeats "$repeats" --precision "$mhalf" ${OURS_ARGS:-} > "$d/ours-half.log" 2>&1; then
+        if timeout "$tmo" "$bin" "$m" "$d" --device "$ours_device" --repeats "$repeats" --precision "$mhalf" ${OURS_ARGS:-} > "$d/ours-half.log" 2>&1; then
             cat "$d/ours-half.log"
         else
             rc=$?
@@ -131,4 +134,9 @@ for m in $models; do
     echo "== $m done in $((SECONDS - t0)) s"
 done
 echo "== total $((SECONDS - start)) s"
-"$PYTHON" tools/gpu/table.py "$device" "$size" "${dirs[@]}" | tee "$out/table-$device-$size.md"
+if [ "$ours_device" = "$device" ]; then
+    "$PYTHON" tools/gpu/table.py "$device" "$size" "${dirs[@]}" | tee "$out/table-$device-$size.md"
+else
+    "$PYTHON" tools/gpu/table.py "$device (ours on $ours_device)" "$size" "${dirs[@]}" \
+        | tee "$out/table-$device-ours-$ours_device-$size.md"
+fi
