@@ -209,36 +209,43 @@ fn cpu_plans_as_before() {
     assert!(stdout.contains("remove the spoon"), "{stdout}");
 }
 
+/// `cielr edit` of the coffee scene with scripted answers and the LaMa editor (the tiny
+/// random fixture), writing `output`.
+fn lama_edit(output: &Path) -> Command {
+    let mut c = cielr();
+    c.arg("edit")
+        .arg(asset("coffee.png"))
+        .arg(INSTRUCTION)
+        .arg("--scene")
+        .arg(asset("coffee.ssr.json"))
+        .arg("--llm")
+        .arg(scripted())
+        .arg("-o")
+        .arg(output)
+        .args(["--editor", "lama", "--lama-model"])
+        .arg(root().join("crates/cielr-diffusion/tests/fixtures/lama-tiny"));
+    c
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// `--device cpu` builds the LaMa editor (tiny random weights) through the device dispatch:
 /// the same pixels as without the option, and the report names the device.
 #[test]
 fn cpu_runs_the_lama_editor_as_before() {
     let dir = scratch("lama");
-    let model = root().join("crates/cielr-diffusion/tests/fixtures/lama-tiny");
     let run = |name: &str, device: Option<&str>| {
         let output = dir.join(format!("{name}.png"));
-        let mut c = cielr();
-        c.arg("edit")
-            .arg(asset("coffee.png"))
-            .arg(INSTRUCTION)
-            .arg("--scene")
-            .arg(asset("coffee.ssr.json"))
-            .arg("--llm")
-            .arg(scripted())
-            .arg("-o")
-            .arg(&output)
-            .args(["--editor", "lama", "--lama-model"])
-            .arg(&model);
+        let mut c = lama_edit(&output);
         if let Some(d) = device {
             c.args(["--device", d]);
         }
         let out = c.output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stderr(&out).contains("[edit] loading LaMa from"));
-        let report: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("{name}.report.json"))).unwrap(),
-        )
-        .unwrap();
+        let report = read_json(&dir.join(format!("{name}.report.json")));
         assert_eq!(report["components"]["device"], "cpu");
         assert!(report["components"]["editor"]
             .as_str()
@@ -260,22 +267,10 @@ fn cpu_runs_the_lama_editor_as_before() {
 #[test]
 fn half_precision_runs_the_lama_editor() {
     let dir = scratch("lama-half");
-    let model = root().join("crates/cielr-diffusion/tests/fixtures/lama-tiny");
     let input = cielr::core::io::load_rgb(&asset("coffee.png")).unwrap();
     for (name, precision, by_env) in [("bf16", "bf16", false), ("f16", "f16", true)] {
         let output = dir.join(format!("{name}.png"));
-        let mut c = cielr();
-        c.arg("edit")
-            .arg(asset("coffee.png"))
-            .arg(INSTRUCTION)
-            .arg("--scene")
-            .arg(asset("coffee.ssr.json"))
-            .arg("--llm")
-            .arg(scripted())
-            .arg("-o")
-            .arg(&output)
-            .args(["--editor", "lama", "--lama-model"])
-            .arg(&model);
+        let mut c = lama_edit(&output);
         if by_env {
             c.env("CIELR_PRECISION", precision);
         } else {
@@ -288,10 +283,7 @@ fn half_precision_runs_the_lama_editor() {
             err.contains(&format!("the models on cpu load and run in {precision}")),
             "{err}"
         );
-        let report: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("{name}.report.json"))).unwrap(),
-        )
-        .unwrap();
+        let report = read_json(&dir.join(format!("{name}.report.json")));
         assert_eq!(report["components"]["precision"], precision);
         let edited = cielr::core::io::load_rgb(&output).unwrap();
         assert!(
@@ -334,10 +326,7 @@ fn unknown_precisions_are_usage_errors() {
 fn tiny_llm_folder() -> PathBuf {
     let fixtures = root().join("crates/cielr-planner/tests/fixtures");
     let dir = scratch("llm");
-    let read_json = |p: PathBuf| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    };
-    let mut config = read_json(fixtures.join("llama-tiny-qwen2/config.json"));
+    let mut config = read_json(&fixtures.join("llama-tiny-qwen2/config.json"));
     let vocab_size = config["vocab_size"].as_u64().unwrap();
     config["max_position_embeddings"] = 4096.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
@@ -346,7 +335,7 @@ fn tiny_llm_folder() -> PathBuf {
         dir.join("model.safetensors"),
     )
     .unwrap();
-    let mut tokenizer = read_json(fixtures.join("tokenizer_tiny_bpe.json"));
+    let mut tokenizer = read_json(&fixtures.join("tokenizer_tiny_bpe.json"));
     let model = &mut tokenizer["model"];
     let vocab = model["vocab"].as_object_mut().unwrap();
     vocab.retain(|_, id| id.as_u64().unwrap() < vocab_size);

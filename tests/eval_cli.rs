@@ -100,23 +100,35 @@ fn ids(out: &Path) -> Vec<String> {
     ids
 }
 
-#[test]
-fn eval_runs_resumes_and_shards() {
-    let dir = tempdir("run");
+/// A fresh folder `name` with the three-sample set in `bench/`: (folder, set, `out/`).
+fn new_set(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = tempdir(name);
     let data = dir.join("bench");
     build_set(&data);
     let out = dir.join("out");
-    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let base = [
+    (dir, data, out)
+}
+
+/// `cielr eval ciebench <set>` at the edit stage with the benchmark's masks and the classical
+/// editor (no model).
+fn classical_edit_stage(set: &str) -> [&str; 8] {
+    [
         "eval",
         "ciebench",
-        d,
+        set,
         "--stage",
         "edit",
         "--oracle-masks",
         "--editor",
         "classical",
-    ];
+    ]
+}
+
+#[test]
+fn eval_runs_resumes_and_shards() {
+    let (dir, data, out) = new_set("run");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let base = classical_edit_stage(d);
 
     let (ok, stdout, stderr) = cielr(&[&base[..], &["--out", o]].concat());
     assert!(ok, "{stderr}");
@@ -220,23 +232,9 @@ fn eval_runs_resumes_and_shards() {
 /// is refused.
 #[test]
 fn eval_keeps_metrics_in_f32_and_records_a_half_precision() {
-    let dir = tempdir("precision");
-    let data = dir.join("bench");
-    build_set(&data);
-    let out = dir.join("out");
+    let (_, data, out) = new_set("precision");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let base = [
-        "eval",
-        "ciebench",
-        d,
-        "--stage",
-        "edit",
-        "--oracle-masks",
-        "--editor",
-        "classical",
-        "--out",
-        o,
-    ];
+    let base = [&classical_edit_stage(d)[..], &["--out", o]].concat();
     let (ok, _, stderr) =
         cielr(&[&base[..], &["--precision", "bf16", "--lpips-weights", "x"]].concat());
     assert!(
