@@ -22,7 +22,8 @@
 #   `--sd-attention fused` to time Burn's fused attention in the SD rows on CUDA), E2E_TORCH=0
 #   (e2e: skip the torch edit), E2E_SEGMENTER=sam2 (e2e: SAM 2.1 hiera-large as the segmenter),
 #   OURS_DEVICE (our side's device when it differs from torch's: `wgpu` with a binary built with
-#   `--features wgpu-check`, the rehearsal of the GPU code path on the CPU; see the README).
+#   `--features wgpu-check`, the rehearsal of the GPU code path on the CPU; see the README),
+#   HALF_PRECISION (f16 or bf16: our half runs in it, e2e's too, instead of the default).
 # Exit status: 0 when every model ran and every f32 row is within tolerance, 1 otherwise.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -46,6 +47,7 @@ case "$size" in reduced|full) ;; *) echo "--size reduced|full" >&2; exit 2 ;; es
 models="${only//,/ }"
 [ -n "$models" ] || models="llm clip owlv2 sam sam-decoder depth unet vae lama sd-inpaint e2e"
 if [ "$device" = cuda ]; then halfp=f16; else halfp=bf16; fi
+halfp="${HALF_PRECISION:-$halfp}"
 
 if [ -z "${PYTHON:-}" ]; then
     if [ -x /work/venv-diff/bin/python ]; then PYTHON=/work/venv-diff/bin/python; else PYTHON=python3; fi
@@ -115,7 +117,7 @@ for m in $models; do
     # row with its reason, not a failed model.
     # e2e has no torch half row to match: it runs in bf16, the half precision users are told
     # to pick (f16 random weights at full size may overflow, which only says so).
-    mhalf="$halfp"; [ "$m" = e2e ] && mhalf=bf16
+    mhalf="$halfp"; [ "$m" = e2e ] && [ -z "${HALF_PRECISION:-}" ] && mhalf=bf16
     if [ "$half" = 1 ]; then
         if timeout "$tmo" "$bin" "$m" "$d" --device "$ours_device" --repeats "$repeats" --precision "$mhalf" ${OURS_ARGS:-} > "$d/ours-half.log" 2>&1; then
             cat "$d/ours-half.log"

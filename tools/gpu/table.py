@@ -91,6 +91,11 @@ def main():
                     bad += 1
                 continue
             o = ours.get((t["name"], prec))
+            if o is None and prec != "f32":
+                # Ours ran in another half dtype (check.sh HALF_PRECISION): still compared.
+                o = next((r for (n, p), r in ours.items()
+                          if n == t["name"] and p != "f32" and not r.get("time_only")), None)
+            shown = SHORT.get(o["precision"], o["precision"]) if o is not None else prec
             tm = t.get("torch_ms")
             if o is not None:
                 om = o.get("ours_ms")
@@ -111,10 +116,10 @@ def main():
                     bad += not finite
                     high = finite and tscaled is not None and scaled > HALF_WARN * max(tscaled, 1e-7)
                     torch_half = (t["error"][:90] if "error" in t else
-                                  f"torch half vs torch f32: abs {fmt(ta, '.2e')} ({fmt(tscaled, '.1e')} of max\\|ref\\|)")
+                                  f"torch {prec} vs torch f32: abs {fmt(ta, '.2e')} ({fmt(tscaled, '.1e')} of max\\|ref\\|)")
                     note = ("NON-FINITE " if not finite else "HIGH " if high else "") + \
-                        f"ours half vs f32 ref; {torch_half}"
-                lines.append(f"| {t['name']} | {prec} | {ma} | {mr} | {scaled:.1e} | {om_s} | {tm_s} | {ratio} | {note} |")
+                        f"ours {shown} vs f32 ref; {torch_half}"
+                lines.append(f"| {t['name']} | {shown} | {ma} | {mr} | {scaled:.1e} | {om_s} | {tm_s} | {ratio} | {note} |")
             elif "error" in t:
                 lines.append(f"| {t['name']} | {prec} | — | — | — | — | — | — | {t['error'][:100]} |")
             elif prec == "f32":
