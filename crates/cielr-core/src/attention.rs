@@ -3,7 +3,8 @@
 //! [`attention`] has the semantics of `burn::tensor::module::attention`. For
 //! [`CpuBackend`] with `f32` query/key/value and no `softcap` it runs our kernel; everything
 //! else (CUDA, half precision, softcap, unexpected layouts or shapes) goes to Burn's
-//! attention unchanged.
+//! attention, on GPU backends after choosing whether Burn may use its flash kernels there
+//! (see `route_for_gpu`).
 //!
 //! The kernel is a flash-attention-style loop written for CPUs:
 //! - work items are (batch, head, block of [`BLOCK_Q`] query rows), run in parallel with
