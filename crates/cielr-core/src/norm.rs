@@ -69,7 +69,7 @@
 
 use burn::nn::GroupNorm;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
@@ -106,7 +106,43 @@ pub fn group_norm<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     match try_kernel(norm, x, false) {
         Ok(y) => y,
-        Err(x) => norm.forward(x),
+        Err(x) => burn_group_norm(norm, x),
+    }
+}
+
+/// `norm.forward(x)` through Burn, except that for f16 / bf16 input the group statistics are
+/// computed in f32, as PyTorch does for half inputs: in f16 the sums of a group overflow once
+/// its values reach a few hundred (SD's VAE decoding its latents), which silently normalises
+/// by a wrong variance. The normalised values are cast back before the affine part.
+fn burn_group_norm<B: Backend, const D: usize>(
+    norm: &GroupNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let dims = x.dims();
+    let groups = norm.num_groups;
+    if !matches!(dtype, DType::F16 | DType::BF16)
+        || D < 2
+        || groups == 0
+        || dims[1] != norm.num_channels
+        || !dims[1].is_multiple_of(groups)
+        || dims.iter().product::<usize>() == 0
+    {
+        return norm.forward(x);
+    }
+    let (batch, channels) = (dims[0], dims[1]);
+    let per_group = dims.iter().product::<usize>() / (batch * groups);
+    let wide: Tensor<B, 3> = x.cast(FloatDType::F32).reshape([batch, groups, per_group]);
+    let (var, mean) = wide.clone().var_mean_bias(2);
+    let normed = (wide - mean) / (var + norm.epsilon).sqrt();
+    let y = normed.reshape(dims).cast(dtype);
+    match (&norm.gamma, &norm.beta) {
+        (Some(gamma), Some(beta)) if norm.affine => {
+            let mut shape = [1usize; D];
+            shape[1] = channels;
+            y * gamma.val().reshape(shape) + beta.val().reshape(shape)
+        }
+        _ => y,
     }
 }
 
@@ -118,7 +154,7 @@ pub fn group_norm_silu<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     match try_kernel(norm, x, true) {
         Ok(y) => y,
-        Err(x) => crate::activation::silu(norm.forward(x)),
+        Err(x) => crate::activation::silu(burn_group_norm(norm, x)),
     }
 }
 

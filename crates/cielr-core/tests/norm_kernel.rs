@@ -311,3 +311,48 @@ fn dispatch_sends_f64_and_bad_shapes_to_burn() {
     assert!(result.is_err(), "mismatched channels must be reported");
     assert_eq!(cpu_kernel_calls(), before);
 }
+
+#[test]
+fn half_inputs_take_their_statistics_in_f32() {
+    // Values around 300 (SD's VAE decoding its latents): a group's sum (4096 values) is far
+    // beyond f16's 65504, so statistics summed in f16 are wrong. The outputs are compared
+    // with an f64 GroupNorm of the same (half-rounded) inputs and parameters.
+    let mut rng = Rng(29);
+    let shape = [1, 32, 64, 64];
+    let data: Vec<f32> = rng
+        .vec(shape.iter().product(), 60.0)
+        .into_iter()
+        .map(|v| 300.0 + v)
+        .collect();
+    for dtype in [FloatDType::F16, FloatDType::BF16] {
+        let mut norm = module(8, shape[1], true, &mut rng);
+        let half = |t: Tensor<B, 1>| Param::from_tensor(t.cast(dtype));
+        norm.gamma = norm.gamma.map(|p| half(p.val()));
+        norm.beta = norm.beta.map(|p| half(p.val()));
+        let x = tensor(data.clone(), shape).cast(dtype);
+        let rounded = values(x.clone());
+        let want = group_norm_f64(&rounded, shape[0], &norm, false);
+        let ours = group_norm(&norm, x.clone());
+        assert_eq!(ours.dtype(), DType::from(dtype));
+        let e = rel_err(&values(ours), &want);
+        let es = rel_err(
+            &values(group_norm_silu(&norm, x.clone())),
+            &group_norm_f64(&rounded, shape[0], &norm, true),
+        );
+        let burn = values(norm.forward(x));
+        let bad = burn.iter().filter(|v| !v.is_finite()).count();
+        let eb = want
+            .iter()
+            .zip(&burn)
+            .filter(|(_, b)| b.is_finite())
+            .map(|(w, b)| (w - *b as f64).abs())
+            .fold(0.0, f64::max);
+        println!(
+            "{dtype:?}: ours vs f64 {e:.2e}, silu {es:.2e} (Burn's GroupNorm: {bad} non-finite \
+             values, max abs {eb:.2e} over the rest)"
+        );
+        // The output's own rounding: 2^-8 (f16) / 2^-5 (bf16) of values up to ~8.
+        let bound = if dtype == FloatDType::F16 { 4e-3 } else { 2e-2 };
+        assert!(e <= bound && es <= bound, "{dtype:?}: {e:.3e} / {es:.3e}");
+    }
+}
