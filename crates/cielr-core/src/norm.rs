@@ -120,19 +120,14 @@ fn burn_group_norm<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     let dtype = x.dtype();
     let dims = x.dims();
-    let groups = norm.num_groups;
-    if !matches!(dtype, DType::F16 | DType::BF16)
-        || D < 2
-        || groups == 0
-        || dims[1] != norm.num_channels
-        || !dims[1].is_multiple_of(groups)
-        || dims.iter().product::<usize>() == 0
-    {
-        return norm.forward(x);
-    }
+    let geometry = match geometry(norm, &dims) {
+        Some(g) if matches!(dtype, DType::F16 | DType::BF16) => g,
+        _ => return norm.forward(x),
+    };
     let (batch, channels) = (dims[0], dims[1]);
-    let per_group = dims.iter().product::<usize>() / (batch * groups);
-    let wide: Tensor<B, 3> = x.cast(FloatDType::F32).reshape([batch, groups, per_group]);
+    let wide: Tensor<B, 3> =
+        x.cast(FloatDType::F32)
+            .reshape([batch, geometry.groups, geometry.group_len()]);
     let (var, mean) = wide.clone().var_mean_bias(2);
     let normed = (wide - mean) / (var + norm.epsilon).sqrt();
     let y = normed.reshape(dims).cast(dtype);
@@ -176,6 +171,25 @@ impl Geometry {
     }
 }
 
+/// The group sizes of `norm` on an input of shape `dims` (`[batch, channels, …]`); `None`
+/// when the rank is below 2, the channels differ from the module's, the groups do not divide
+/// them, or the input is empty (left to Burn, which reports it).
+fn geometry(norm: &GroupNorm<impl Backend>, dims: &[usize]) -> Option<Geometry> {
+    let groups = norm.num_groups;
+    let &[batch, channels] = dims.first_chunk::<2>()?;
+    let spatial: usize = dims[2..].iter().product();
+    let fits = channels == norm.num_channels
+        && groups != 0
+        && channels.is_multiple_of(groups)
+        && batch * channels * spatial != 0;
+    fits.then_some(Geometry {
+        groups,
+        group_channels: channels / groups,
+        spatial,
+        eps: norm.epsilon,
+    })
+}
+
 /// Runs the kernel when it applies; otherwise hands `x` back untouched.
 fn try_kernel<B: Backend, const D: usize>(
     norm: &GroupNorm<B>,
@@ -185,25 +199,11 @@ fn try_kernel<B: Backend, const D: usize>(
     if !uses_cpu_kernel::<B>(x.dtype()) || D < 3 {
         return Err(x);
     }
-    let dims = x.dims();
-    let channels = dims[1];
-    let spatial: usize = dims[2..].iter().product();
-    let groups = norm.num_groups;
-    if channels != norm.num_channels
-        || groups == 0
-        || !channels.is_multiple_of(groups)
-        || dims[0] * channels * spatial == 0
-    {
-        return Err(x);
-    }
-    let Some((gamma, beta)) = affine_params(norm, channels) else {
+    let Some(geometry) = geometry(norm, &x.dims()) else {
         return Err(x);
     };
-    let geometry = Geometry {
-        groups,
-        group_channels: channels / groups,
-        spatial,
-        eps: norm.epsilon,
+    let Some((gamma, beta)) = affine_params(norm, x.dims()[1]) else {
+        return Err(x);
     };
     let x = same_type::<_, Tensor<CpuBackend, D>>(x)?;
     let t = x.into_primitive().tensor();
